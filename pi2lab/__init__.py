@@ -1,0 +1,33 @@
+"""pi2lab: reproduce and extend PowerInfer-2 (sparse, offloaded LLM decoding) on JAX.
+
+``import pi2lab as pl``; ``model = pl.load_pretrained("builtin")``; ``model.generate("...")``.
+"""
+
+from pi2lab.config import ModelConfig, RopeScaling
+from pi2lab.engine.generate import GenerationResult, generate
+from pi2lab.engine.prefill import dense_logits, ffn_activations
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.engine.state import KVCache
+from pi2lab.errors import CheckpointError, ConfigError, Pi2labError, PromptError, TrainingError
+from pi2lab.model.params import init_params
+from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "GenerationResult",
+    "KVCache",
+    "Model",
+    "ModelConfig",
+    "Pi2labError",
+    "PromptError",
+    "RopeScaling",
+    "SamplingKnobs",
+    "TrainingError",
+    "dense_logits",
+    "ffn_activations",
+    "generate",
+    "init_params",
+    "load_pretrained",
+    "save_pretrained",
+]

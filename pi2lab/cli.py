@@ -1,0 +1,119 @@
+"""The ``pi2lab`` command line. Bad input prints one line and exits with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pi2lab.errors import Pi2labError
+
+
+def _cmd_train(args) -> int:
+    from pi2lab.train.bundled import train_bundled
+    from pi2lab.train.loop import TrainConfig
+
+    tc = TrainConfig(steps=args.steps, time_budget_s=args.time_budget, seq_len=args.seq_len,
+                     batch_size=args.batch_size, learning_rate=args.lr,
+                     target_sparsity=args.target_sparsity, seed=args.seed,
+                     eval_every=args.eval_every)
+    card = train_bundled(Path(args.out), tc, vocab_size=args.vocab_size)
+    summary = {"out": args.out, **card["held_out"],
+               "mean_sparsity": sum(card["sparsity"]["sparsity_per_layer"])
+               / len(card["sparsity"]["sparsity_per_layer"])}
+    print(json.dumps(summary, indent=None if args.json else 2))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from pi2lab.model.pretrained import load_pretrained
+
+    model = load_pretrained(args.model)
+    res = model.generate(args.prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed)
+    if args.json:
+        print(json.dumps(res.to_json()))
+    else:
+        print(args.prompt + res.text)
+        print(f"\n[{res.tokens.size} tokens, decode {res.decode_tokens_per_s:.1f} tokens/s, "
+              f"prefill {res.prefill_s * 1e3:.0f} ms incl. compile, stop: {res.stop_reason}]")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from pi2lab.info import model_info
+
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from pi2lab import bench
+
+    result = bench.run(args.what, quick=args.quick, steps=args.steps, layers=args.layers)
+    print(json.dumps(result) if args.json else bench.format_table(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pi2lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate text with the dense engine")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("info", help="architecture, shapes, parameters and bytes by component")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train the bundled dReLU model (corpus, tokenizer, card)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=3600.0, help="seconds")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--target-sparsity", type=float, default=0.9)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
+    p.add_argument("what", choices=["dense"])
+    p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
+    p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
+    p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Pi2labError as e:
+        print(f"pi2lab {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Typed errors raised by pi2lab.
+
+Every error names the file, tensor, field or value at fault and what was expected.
+All derive from :class:`Pi2labError` (itself a ``ValueError``), so callers can catch
+one type; the CLI prints the message on one line and exits with status 2.
+"""
+
+
+class Pi2labError(ValueError):
+    """Base class of every error pi2lab raises on bad input."""
+
+
+class ConfigError(Pi2labError):
+    """A model config is missing a field, names an unknown architecture, or is inconsistent."""
+
+
+class CheckpointError(Pi2labError):
+    """A checkpoint file is missing, truncated, not safetensors, or disagrees with its config."""
+
+
+class PromptError(Pi2labError):
+    """A prompt is empty or does not fit in the model's context."""
+
+
+class TrainingError(Pi2labError):
+    """Training was asked for with unusable settings or data."""

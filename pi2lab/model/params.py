@@ -1,0 +1,148 @@
+"""Parameter trees: their layout, random initialisation, and the Hugging Face name mapping.
+
+Internal layout (one dict per layer; FFN weights neuron-major so neuron i is row i of all three):
+
+  embed [V, D], final_norm [D], lm_head [V, D] (absent when tied), layers: list of
+  attn_norm [D], q [D, H, K], k [D, G, K], v [D, G, K], o [H, K, D], ffn_norm [D],
+  gate / up / down [F, D]  (MoE: router [E, D], gate / up / down [E, F, D]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One checkpoint tensor: its Hugging Face name and shape, where it lives internally, and
+    the transforms between the two layouts (numpy arrays)."""
+
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    path: tuple  # ("embed",) or ("layers", i, "q") or ("layers", i, "gate", expert)
+    to_internal: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(a):
+    return a
+
+
+def _transpose(a):
+    return np.ascontiguousarray(a.T)
+
+
+def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
+    """Every tensor a Hugging Face checkpoint of ``cfg`` holds, in a stable order."""
+    d, h, g, k, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                     cfg.intermediate_size)
+
+    def heads_in(n):  # HF [N*K, D] <-> internal [D, N, K]
+        return (lambda a: np.ascontiguousarray(a.reshape(n, k, d).transpose(2, 0, 1)),
+                lambda a: np.ascontiguousarray(a.transpose(1, 2, 0).reshape(n * k, d)))
+
+    o_in = (lambda a: np.ascontiguousarray(a.reshape(d, h, k).transpose(1, 2, 0)),
+            lambda a: np.ascontiguousarray(a.transpose(2, 0, 1).reshape(d, h * k)))
+    specs = [TensorSpec("model.embed_tokens.weight", (cfg.vocab_size, d), ("embed",),
+                        _same, _same)]
+    for i in range(cfg.num_layers):
+        pre = f"model.layers.{i}."
+        lay = ("layers", i)
+        specs += [
+            TensorSpec(pre + "input_layernorm.weight", (d,), (*lay, "attn_norm"), _same, _same),
+            TensorSpec(pre + "self_attn.q_proj.weight", (h * k, d), (*lay, "q"), *heads_in(h)),
+            TensorSpec(pre + "self_attn.k_proj.weight", (g * k, d), (*lay, "k"), *heads_in(g)),
+            TensorSpec(pre + "self_attn.v_proj.weight", (g * k, d), (*lay, "v"), *heads_in(g)),
+            TensorSpec(pre + "self_attn.o_proj.weight", (d, h * k), (*lay, "o"), *o_in),
+            TensorSpec(pre + "post_attention_layernorm.weight", (d,), (*lay, "ffn_norm"),
+                       _same, _same),
+        ]
+        if cfg.is_moe:
+            moe = pre + "block_sparse_moe."
+            specs.append(TensorSpec(moe + "gate.weight", (cfg.num_experts, d),
+                                    (*lay, "router"), _same, _same))
+            for e in range(cfg.num_experts):
+                ex = f"{moe}experts.{e}."
+                specs += [
+                    TensorSpec(ex + "w1.weight", (f, d), (*lay, "gate", e), _same, _same),
+                    TensorSpec(ex + "w3.weight", (f, d), (*lay, "up", e), _same, _same),
+                    TensorSpec(ex + "w2.weight", (d, f), (*lay, "down", e), _transpose,
+                               _transpose),
+                ]
+        else:
+            specs += [
+                TensorSpec(pre + "mlp.gate_proj.weight", (f, d), (*lay, "gate"), _same, _same),
+                TensorSpec(pre + "mlp.up_proj.weight", (f, d), (*lay, "up"), _same, _same),
+                TensorSpec(pre + "mlp.down_proj.weight", (d, f), (*lay, "down"), _transpose,
+                           _transpose),
+            ]
+    specs.append(TensorSpec("model.norm.weight", (d,), ("final_norm",), _same, _same))
+    if not cfg.tie_word_embeddings:
+        specs.append(TensorSpec("lm_head.weight", (cfg.vocab_size, d), ("lm_head",),
+                                _same, _same))
+    return specs
+
+
+def assemble(cfg: ModelConfig, leaves: dict[tuple, np.ndarray], dtype) -> dict:
+    """Builds the parameter tree from ``{spec.path: internal array}`` (experts are stacked)."""
+    params: dict = {"layers": [{} for _ in range(cfg.num_layers)]}
+    experts: dict[tuple, dict[int, np.ndarray]] = {}
+    for path, arr in leaves.items():
+        if path[0] == "layers" and len(path) == 4:
+            experts.setdefault(path[:3], {})[path[3]] = arr
+        elif path[0] == "layers":
+            params["layers"][path[1]][path[2]] = jnp.asarray(arr, dtype)
+        else:
+            params[path[0]] = jnp.asarray(arr, dtype)
+    for (_, i, name), by_expert in experts.items():
+        stacked = np.stack([by_expert[e] for e in range(cfg.num_experts)])
+        params["layers"][i][name] = jnp.asarray(stacked, dtype)
+    return params
+
+
+def leaf(params: dict, path: tuple) -> jax.Array:
+    """The array at ``spec.path`` (an expert's slice for 4-part MoE paths)."""
+    node = params
+    for part in path:
+        node = node[part]
+    return node
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> dict:
+    """Random parameters: normal(0, std) matrices (output projections scaled by depth), unit
+    norms. Used for training from scratch and for synthetic benchmark models."""
+    leaves = {}
+    depth_scale = 1.0 / np.sqrt(2 * cfg.num_layers)
+    specs = tensor_specs(cfg)
+    keys = jax.random.split(key, len(specs))
+    for spec, k in zip(specs, keys, strict=True):
+        if len(spec.hf_shape) == 1:
+            leaves[spec.path] = np.ones(spec.hf_shape, np.float32)
+            continue
+        scale = std * (depth_scale if spec.path[-1] in ("o", "down") or
+                       (len(spec.path) == 4 and spec.path[2] == "down") else 1.0)
+        hf = jax.random.normal(k, spec.hf_shape, jnp.float32) * scale
+        leaves[spec.path] = spec.to_internal(np.asarray(hf))
+    return assemble(cfg, leaves, dtype)
+
+
+def param_bytes_by_component(params: dict) -> dict[str, int]:
+    """Bytes held by embeddings (incl. LM head), attention, FFN (incl. router) and norms."""
+    out = {"embeddings": 0, "attention": 0, "ffn": 0, "norms": 0}
+    for name in ("embed", "lm_head"):
+        if name in params:
+            out["embeddings"] += params[name].nbytes
+    out["norms"] += params["final_norm"].nbytes
+    for p in params["layers"]:
+        for name, arr in p.items():
+            group = ("attention" if name in ("q", "k", "v", "o") else
+                     "norms" if name.endswith("norm") else "ffn")
+            out[group] += arr.nbytes
+    return out

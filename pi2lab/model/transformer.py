@@ -1,0 +1,53 @@
+"""The decoder forward pass (pure; jitted by the engine entry points)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pi2lab.config import ModelConfig
+from pi2lab.engine.state import KVCache
+from pi2lab.model import layers
+
+
+def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, start: jax.Array | int = 0,
+            cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None, list[jax.Array]]:
+    """Runs the decoder over ``tokens [B, T]`` placed at positions ``start .. start+T-1``.
+
+    With a ``cache``, the new keys/values are written at those positions and attention reads
+    every cache slot (later slots are masked); without one, the tokens attend among themselves
+    (training, and the plain dense forward).
+
+    Returns:
+      logits ``[B, T, V]`` (float32), the updated cache (or None), and the FFN activations of
+      each layer (``[B, T, F]``, or ``[B, T, E, F]`` for MoE) for sparsity measurement.
+    """
+    t = tokens.shape[1]
+    q_pos = start + jnp.arange(t)
+    kv_pos = q_pos if cache is None else jnp.arange(cache.capacity)
+    inv_freq = layers.rope_inv_freq(cfg)
+    x = params["embed"][tokens]  # [B, T, D]
+    new_k, new_v, acts = [], [], []
+    for i, p in enumerate(params["layers"]):
+        h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+        q = layers.apply_rope(jnp.einsum("btd,dhk->bthk", h, p["q"]), q_pos, inv_freq)
+        k = layers.apply_rope(jnp.einsum("btd,dgk->btgk", h, p["k"]), q_pos, inv_freq)
+        v = jnp.einsum("btd,dgk->btgk", h, p["v"])
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k.astype(cache.k[i].dtype),
+                                                    start, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v.astype(cache.v[i].dtype),
+                                                    start, axis=1)
+            new_k.append(k)
+            new_v.append(v)
+        att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)
+        x = x + jnp.einsum("bthk,hkd->btd", att, p["o"])
+        h = layers.rms_norm(x, p["ffn_norm"], cfg.rms_norm_eps)
+        out, act = (layers.moe_ffn if cfg.is_moe else layers.ffn)(h, p, cfg)
+        x = x + out
+        acts.append(act)
+    x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
+    logits = jnp.einsum("btd,vd->btv", x, head).astype(jnp.float32)
+    new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v))
+    return logits, new_cache, acts
