@@ -29,7 +29,9 @@ def decode_step(params: dict, cfg: ModelConfig, cache: KVCache, token: jax.Array
 
 
 @jax.jit
-def sample_first(logits: jax.Array, key: jax.Array, knobs: SamplingKnobs) -> jax.Array:
-    """Samples the first new token from the prefill's last logits."""
+def sample_first(logits: jax.Array, last_pos: jax.Array, key: jax.Array,
+                 knobs: SamplingKnobs) -> jax.Array:
+    """Samples the first new token from the prefill's logits at ``last_pos`` (the prompt's
+    last position), keyed like the decode steps: the token after position p uses key p."""
     traced("sample_first")
-    return sample(logits, jax.random.fold_in(key, -1), knobs)
+    return sample(logits, jax.random.fold_in(key, last_pos), knobs)

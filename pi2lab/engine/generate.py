@@ -82,7 +82,7 @@ def generate(model, prompt: str | np.ndarray, *, max_new_tokens: int = 64,
     cache = KVCache.zeros(cfg, capacity, dtype=model.dtype)
     logits, cache = prefill(model.params, cfg, pad(ids, min(bucket(ids.size), capacity)),
                             jnp.int32(ids.size), cache)
-    token = sample_first(logits, key, knobs)
+    token = sample_first(logits, jnp.int32(ids.size - 1), key, knobs)
     token.block_until_ready()
     prefill_s = time.perf_counter() - t0
 

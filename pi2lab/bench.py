@@ -1,0 +1,105 @@
+"""``pi2lab bench``: decode throughput measured on this machine.
+
+``dense``: tokens/s of the jitted dense decode step on the bundled model and on a synthetic
+model with Llama-7B layer shapes (random weights), with the weight bytes each token reads and
+the bandwidth that implies (compare with ANCHORS: ~25-30 GB/s for F32 decode on 2 cores).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.config import ModelConfig
+from pi2lab.engine.decode import decode_step
+from pi2lab.engine.prefill import bucket, pad, prefill
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.engine.state import KVCache
+from pi2lab.model.params import init_params
+
+
+def decode_weight_bytes(params: dict, cfg: ModelConfig) -> int:
+    """Weight bytes one dense decode step reads: everything but the embedding table (one row is
+    read), with the LM head counted once (tied or not); all experts for MoE (dense compute)."""
+    leaves = sum(a.nbytes for a in jax.tree.leaves(params))
+    if not cfg.tie_word_embeddings:
+        leaves -= params["embed"].nbytes
+    return int(leaves)
+
+
+def time_decode(params: dict, cfg: ModelConfig, *, steps: int, prompt_len: int = 16,
+                repeats: int = 3, seed: int = 0) -> dict:
+    """Median greedy decode tokens/s over ``repeats`` runs of ``steps`` steps (after a warm-up)."""
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, cfg.vocab_size, prompt_len).astype(np.int32)
+    knobs = SamplingKnobs.make()
+    key = jax.random.key(seed)
+    capacity = bucket(prompt_len + steps + 1, 128)
+    dtype = params["embed"].dtype
+    rates = []
+    for r in range(repeats + 1):  # the first run compiles and warms up
+        cache = KVCache.zeros(cfg, capacity, dtype=dtype)
+        logits, cache = prefill(params, cfg, pad(prompt, bucket(prompt_len)),
+                                jnp.int32(prompt_len), cache)
+        token = jnp.argmax(logits).astype(jnp.int32)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            token, _, cache = decode_step(params, cfg, cache, token,
+                                          jnp.int32(prompt_len + i), key, knobs)
+        token.block_until_ready()
+        if r:
+            rates.append(steps / (time.perf_counter() - t0))
+    tps = float(np.median(rates))
+    weight_bytes = decode_weight_bytes(params, cfg)
+    return {"tokens_per_s": round(tps, 2), "runs_tokens_per_s": [round(x, 2) for x in rates],
+            "decode_steps": steps, "weight_mb_per_token": round(weight_bytes / 1e6, 1),
+            "implied_gb_per_s": round(weight_bytes * tps / 1e9, 1)}
+
+
+def bench_dense(*, quick: bool = False, steps: int | None = None,
+                layers: int | None = None) -> dict:
+    from pi2lab.model.pretrained import load_pretrained
+
+    steps = steps or (8 if quick else 64)
+    layers = layers or (2 if quick else 4)
+    model = load_pretrained("builtin")
+    bundled = time_decode(model.params, model.config, steps=steps)
+    cfg7b = ModelConfig.synthetic_7b(num_layers=layers, intermediate_size=11008)
+    params7b = init_params(cfg7b, jax.random.key(0))
+    synthetic = time_decode(params7b, cfg7b, steps=max(4, steps // 4))
+    return {
+        "bench": "dense",
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "jax": jax.__version__, "backend": jax.default_backend(),
+                    "devices": len(jax.devices())},
+        "bundled": {"model": str(model.path.name), "layers": model.config.num_layers,
+                    "hidden": model.config.hidden_size,
+                    "ffn": model.config.intermediate_size, "dtype": str(model.dtype),
+                    **bundled},
+        "synthetic_7b": {"layers": layers, "hidden": cfg7b.hidden_size,
+                         "ffn": cfg7b.intermediate_size, "vocab": cfg7b.vocab_size,
+                         "dtype": "float32", **synthetic},
+    }
+
+
+BENCHES = {"dense": bench_dense}
+
+
+def run(what: str, **kwargs) -> dict:
+    return BENCHES[what](**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def format_table(result: dict) -> str:
+    lines = [f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
+             f"jax {result['machine']['jax']})"]
+    for name, row in result.items():
+        if isinstance(row, dict) and "tokens_per_s" in row:
+            lines.append(f"  {name:<14} {row['tokens_per_s']:>9.2f} tokens/s   "
+                         f"{row['weight_mb_per_token']:>8.1f} MB weights/token   "
+                         f"{row['implied_gb_per_s']:>5.1f} GB/s implied   "
+                         f"(runs: {row['runs_tokens_per_s']})")
+    return "\n".join(lines)
