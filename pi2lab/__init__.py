@@ -11,6 +11,7 @@ from pi2lab.engine.state import KVCache
 from pi2lab.errors import CheckpointError, ConfigError, Pi2labError, PromptError, TrainingError
 from pi2lab.model.params import init_params
 from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
+from pi2lab.predict.profile import activation_sparsity
 
 __all__ = [
     "CheckpointError",
@@ -24,6 +25,7 @@ __all__ = [
     "RopeScaling",
     "SamplingKnobs",
     "TrainingError",
+    "activation_sparsity",
     "dense_logits",
     "ffn_activations",
     "generate",

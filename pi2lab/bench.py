@@ -31,8 +31,15 @@ def decode_weight_bytes(params: dict, cfg: ModelConfig) -> int:
     return int(leaves)
 
 
-def time_decode(params: dict, cfg: ModelConfig, *, steps: int, prompt_len: int = 16,
-                repeats: int = 3, seed: int = 0) -> dict:
+def time_decode(
+    params: dict,
+    cfg: ModelConfig,
+    *,
+    steps: int,
+    prompt_len: int = 16,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict:
     """Median greedy decode tokens/s over ``repeats`` runs of ``steps`` steps (after a warm-up)."""
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, cfg.vocab_size, prompt_len).astype(np.int32)
@@ -43,25 +50,32 @@ def time_decode(params: dict, cfg: ModelConfig, *, steps: int, prompt_len: int =
     rates = []
     for r in range(repeats + 1):  # the first run compiles and warms up
         cache = KVCache.zeros(cfg, capacity, dtype=dtype)
-        logits, cache = prefill(params, cfg, pad(prompt, bucket(prompt_len)),
-                                jnp.int32(prompt_len), cache)
+        logits, cache = prefill(
+            params, cfg, pad(prompt, bucket(prompt_len)), jnp.int32(prompt_len), cache
+        )
         token = jnp.argmax(logits).astype(jnp.int32)
         t0 = time.perf_counter()
         for i in range(steps):
-            token, _, cache = decode_step(params, cfg, cache, token,
-                                          jnp.int32(prompt_len + i), key, knobs)
+            token, _, cache = decode_step(
+                params, cfg, cache, token, jnp.int32(prompt_len + i), key, knobs
+            )
         token.block_until_ready()
         if r:
             rates.append(steps / (time.perf_counter() - t0))
     tps = float(np.median(rates))
     weight_bytes = decode_weight_bytes(params, cfg)
-    return {"tokens_per_s": round(tps, 2), "runs_tokens_per_s": [round(x, 2) for x in rates],
-            "decode_steps": steps, "weight_mb_per_token": round(weight_bytes / 1e6, 1),
-            "implied_gb_per_s": round(weight_bytes * tps / 1e9, 1)}
+    return {
+        "tokens_per_s": round(tps, 2),
+        "runs_tokens_per_s": [round(x, 2) for x in rates],
+        "decode_steps": steps,
+        "weight_mb_per_token": round(weight_bytes / 1e6, 1),
+        "implied_gb_per_s": round(weight_bytes * tps / 1e9, 1),
+    }
 
 
-def bench_dense(*, quick: bool = False, steps: int | None = None,
-                layers: int | None = None) -> dict:
+def bench_dense(
+    *, quick: bool = False, steps: int | None = None, layers: int | None = None
+) -> dict:
     from pi2lab.model.pretrained import load_pretrained
 
     steps = steps or (8 if quick else 64)
@@ -73,16 +87,29 @@ def bench_dense(*, quick: bool = False, steps: int | None = None,
     synthetic = time_decode(params7b, cfg7b, steps=max(4, steps // 4))
     return {
         "bench": "dense",
-        "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                    "jax": jax.__version__, "backend": jax.default_backend(),
-                    "devices": len(jax.devices())},
-        "bundled": {"model": str(model.path.name), "layers": model.config.num_layers,
-                    "hidden": model.config.hidden_size,
-                    "ffn": model.config.intermediate_size, "dtype": str(model.dtype),
-                    **bundled},
-        "synthetic_7b": {"layers": layers, "hidden": cfg7b.hidden_size,
-                         "ffn": cfg7b.intermediate_size, "vocab": cfg7b.vocab_size,
-                         "dtype": "float32", **synthetic},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "devices": len(jax.devices()),
+        },
+        "bundled": {
+            "model": str(model.path.name),
+            "layers": model.config.num_layers,
+            "hidden": model.config.hidden_size,
+            "ffn": model.config.intermediate_size,
+            "dtype": str(model.dtype),
+            **bundled,
+        },
+        "synthetic_7b": {
+            "layers": layers,
+            "hidden": cfg7b.hidden_size,
+            "ffn": cfg7b.intermediate_size,
+            "vocab": cfg7b.vocab_size,
+            "dtype": "float32",
+            **synthetic,
+        },
     }
 
 
@@ -94,12 +121,16 @@ def run(what: str, **kwargs) -> dict:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
-             f"jax {result['machine']['jax']})"]
+    lines = [
+        f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
+        f"jax {result['machine']['jax']})"
+    ]
     for name, row in result.items():
         if isinstance(row, dict) and "tokens_per_s" in row:
-            lines.append(f"  {name:<14} {row['tokens_per_s']:>9.2f} tokens/s   "
-                         f"{row['weight_mb_per_token']:>8.1f} MB weights/token   "
-                         f"{row['implied_gb_per_s']:>5.1f} GB/s implied   "
-                         f"(runs: {row['runs_tokens_per_s']})")
+            lines.append(
+                f"  {name:<14} {row['tokens_per_s']:>9.2f} tokens/s   "
+                f"{row['weight_mb_per_token']:>8.1f} MB weights/token   "
+                f"{row['implied_gb_per_s']:>5.1f} GB/s implied   "
+                f"(runs: {row['runs_tokens_per_s']})"
+            )
     return "\n".join(lines)

@@ -14,14 +14,23 @@ def _cmd_train(args) -> int:
     from pi2lab.train.bundled import train_bundled
     from pi2lab.train.loop import TrainConfig
 
-    tc = TrainConfig(steps=args.steps, time_budget_s=args.time_budget, seq_len=args.seq_len,
-                     batch_size=args.batch_size, learning_rate=args.lr,
-                     target_sparsity=args.target_sparsity, seed=args.seed,
-                     eval_every=args.eval_every)
+    tc = TrainConfig(
+        steps=args.steps,
+        time_budget_s=args.time_budget,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        target_sparsity=args.target_sparsity,
+        seed=args.seed,
+        eval_every=args.eval_every,
+    )
     card = train_bundled(Path(args.out), tc, vocab_size=args.vocab_size)
-    summary = {"out": args.out, **card["held_out"],
-               "mean_sparsity": sum(card["sparsity"]["sparsity_per_layer"])
-               / len(card["sparsity"]["sparsity_per_layer"])}
+    summary = {
+        "out": args.out,
+        **card["held_out"],
+        "mean_sparsity": sum(card["sparsity"]["sparsity_per_layer"])
+        / len(card["sparsity"]["sparsity_per_layer"]),
+    }
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 
@@ -30,15 +39,22 @@ def _cmd_generate(args) -> int:
     from pi2lab.model.pretrained import load_pretrained
 
     model = load_pretrained(args.model)
-    res = model.generate(args.prompt, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         seed=args.seed)
+    res = model.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     if args.json:
         print(json.dumps(res.to_json()))
     else:
         print(args.prompt + res.text)
-        print(f"\n[{res.tokens.size} tokens, decode {res.decode_tokens_per_s:.1f} tokens/s, "
-              f"prefill {res.prefill_s * 1e3:.0f} ms incl. compile, stop: {res.stop_reason}]")
+        print(
+            f"\n[{res.tokens.size} tokens, decode {res.decode_tokens_per_s:.1f} tokens/s, "
+            f"prefill {res.prefill_s * 1e3:.0f} ms incl. compile, stop: {res.stop_reason}]"
+        )
     return 0
 
 

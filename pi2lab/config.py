@@ -36,7 +36,8 @@ class RopeScaling:
       factor: Overall stretch of the context.
       low_freq_factor: Llama-3 only: wavelengths above ``original_max / low_freq_factor`` are
         divided by ``factor``.
-      high_freq_factor: Llama-3 only: wavelengths below ``original_max / high_freq_factor`` are kept.
+      high_freq_factor: Llama-3 only: wavelengths below ``original_max / high_freq_factor``
+        are kept.
       original_max_position_embeddings: Llama-3 only: the pre-training context.
     """
 
@@ -61,7 +62,8 @@ class ModelConfig:
       num_kv_heads: G, key/value heads (GQA when G < H); must divide H.
       head_dim: K, width of one head.
       ffn_activation: ``silu`` = SiLU(gate)*up, ``relu`` = ReLU(gate)*up,
-        ``drelu`` = ReLU(gate)*ReLU(up), ``fatrelu`` = gate kept above ``activation_threshold``, *up.
+        ``drelu`` = ReLU(gate)*ReLU(up), ``fatrelu`` = gate kept above
+        ``activation_threshold``, times up.
       activation_threshold: FATReLU threshold (``hidden_act_param`` in ProSparse configs).
       rms_norm_eps: RMSNorm epsilon.
       rope_theta: RoPE base.
@@ -97,29 +99,45 @@ class ModelConfig:
     eos_token_id: tuple[int, ...] = ()
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"config field {name}={value!r}: expected a positive integer")
         if self.architecture not in _ARCH_TO_HF:
             raise ConfigError(
                 f"config field architecture={self.architecture!r}: expected one of "
-                f"{sorted(_ARCH_TO_HF)}")
+                f"{sorted(_ARCH_TO_HF)}"
+            )
         if self.ffn_activation not in ("silu", "relu", "drelu", "fatrelu"):
-            raise ConfigError(f"config field ffn_activation={self.ffn_activation!r}: expected "
-                              "silu, relu, drelu or fatrelu")
+            raise ConfigError(
+                f"config field ffn_activation={self.ffn_activation!r}: expected "
+                "silu, relu, drelu or fatrelu"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"num_heads={self.num_heads} is not a multiple of "
-                              f"num_kv_heads={self.num_kv_heads}")
+            raise ConfigError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim}: RoPE needs an even head dimension")
         if self.is_moe != (self.architecture == "mixtral"):
-            raise ConfigError(f"architecture={self.architecture!r} with num_experts="
-                              f"{self.num_experts}: only mixtral has experts")
+            raise ConfigError(
+                f"architecture={self.architecture!r} with num_experts="
+                f"{self.num_experts}: only mixtral has experts"
+            )
         if self.is_moe and not 0 < self.num_experts_per_tok <= self.num_experts:
-            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok}: expected 1.."
-                              f"{self.num_experts} (num_experts)")
+            raise ConfigError(
+                f"num_experts_per_tok={self.num_experts_per_tok}: expected 1.."
+                f"{self.num_experts} (num_experts)"
+            )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"sliding_window={self.sliding_window}: expected a positive integer")
 
@@ -142,11 +160,15 @@ class ModelConfig:
         """
         archs = hf.get("architectures") or []
         if not archs:
-            raise ConfigError(f"{source}: field 'architectures' is missing; expected one of "
-                              f"{sorted(HF_ARCHITECTURES)}")
+            raise ConfigError(
+                f"{source}: field 'architectures' is missing; expected one of "
+                f"{sorted(HF_ARCHITECTURES)}"
+            )
         if archs[0] not in HF_ARCHITECTURES:
-            raise ConfigError(f"{source}: unknown architecture {archs[0]!r}; expected one of "
-                              f"{sorted(HF_ARCHITECTURES)}")
+            raise ConfigError(
+                f"{source}: unknown architecture {archs[0]!r}; expected one of "
+                f"{sorted(HF_ARCHITECTURES)}"
+            )
         arch = HF_ARCHITECTURES[archs[0]]
 
         def need(key):
@@ -156,8 +178,9 @@ class ModelConfig:
 
         hidden, heads = need("hidden_size"), need("num_attention_heads")
         rope = hf.get("rope_parameters") or {}  # transformers 5 keeps theta and scaling here
-        act = hf.get("ffn_activation") or _activation_for(arch, hf.get("hidden_act", "silu"),
-                                                          source)
+        act = hf.get("ffn_activation") or _activation_for(
+            arch, hf.get("hidden_act", "silu"), source
+        )
         eos = hf.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
         return cls(
@@ -222,37 +245,94 @@ class ModelConfig:
     @classmethod
     def llama2_7b(cls, **overrides) -> ModelConfig:
         """Llama-2-7B / ReluLLaMA-7B shapes (ReLU*up, as ReluLLaMA)."""
-        return cls(**{**dict(architecture="llama", vocab_size=32000, hidden_size=4096,
-                             intermediate_size=11008, num_layers=32, num_heads=32,
-                             num_kv_heads=32, head_dim=128, ffn_activation="relu",
-                             max_position_embeddings=4096, rms_norm_eps=1e-5), **overrides})
+        return cls(
+            **{
+                **dict(
+                    architecture="llama",
+                    vocab_size=32000,
+                    hidden_size=4096,
+                    intermediate_size=11008,
+                    num_layers=32,
+                    num_heads=32,
+                    num_kv_heads=32,
+                    head_dim=128,
+                    ffn_activation="relu",
+                    max_position_embeddings=4096,
+                    rms_norm_eps=1e-5,
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
     def bamboo_7b(cls, **overrides) -> ModelConfig:
         """Bamboo-7B / TurboSparse-Mistral-7B shapes (dReLU)."""
-        return cls(**{**dict(architecture="bamboo", vocab_size=32000, hidden_size=4096,
-                             intermediate_size=14336, num_layers=32, num_heads=32,
-                             num_kv_heads=8, head_dim=128, ffn_activation="drelu",
-                             max_position_embeddings=4096, rms_norm_eps=1e-5), **overrides})
+        return cls(
+            **{
+                **dict(
+                    architecture="bamboo",
+                    vocab_size=32000,
+                    hidden_size=4096,
+                    intermediate_size=14336,
+                    num_layers=32,
+                    num_heads=32,
+                    num_kv_heads=8,
+                    head_dim=128,
+                    ffn_activation="drelu",
+                    max_position_embeddings=4096,
+                    rms_norm_eps=1e-5,
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
     def mixtral_8x7b(cls, **overrides) -> ModelConfig:
         """Mixtral-8x7B / TurboSparse-Mixtral-47B shapes (top-2 of 8; dReLU experts)."""
-        return cls(**{**dict(architecture="mixtral", vocab_size=32000, hidden_size=4096,
-                             intermediate_size=14336, num_layers=32, num_heads=32,
-                             num_kv_heads=8, head_dim=128, ffn_activation="drelu",
-                             num_experts=8, num_experts_per_tok=2,
-                             max_position_embeddings=4096, rms_norm_eps=1e-5,
-                             rope_theta=1e6), **overrides})
+        return cls(
+            **{
+                **dict(
+                    architecture="mixtral",
+                    vocab_size=32000,
+                    hidden_size=4096,
+                    intermediate_size=14336,
+                    num_layers=32,
+                    num_heads=32,
+                    num_kv_heads=8,
+                    head_dim=128,
+                    ffn_activation="drelu",
+                    num_experts=8,
+                    num_experts_per_tok=2,
+                    max_position_embeddings=4096,
+                    rms_norm_eps=1e-5,
+                    rope_theta=1e6,
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
-    def synthetic_7b(cls, *, num_layers: int = 4, intermediate_size: int = 11008,
-                     **overrides) -> ModelConfig:
+    def synthetic_7b(
+        cls, *, num_layers: int = 4, intermediate_size: int = 11008, **overrides
+    ) -> ModelConfig:
         """A few layers with Llama-7B layer shapes and a small vocabulary, for benchmarks."""
-        return cls(**{**dict(architecture="llama", vocab_size=4096, hidden_size=4096,
-                             intermediate_size=intermediate_size, num_layers=num_layers,
-                             num_heads=32, num_kv_heads=32, head_dim=128, ffn_activation="relu",
-                             max_position_embeddings=2048), **overrides})
+        return cls(
+            **{
+                **dict(
+                    architecture="llama",
+                    vocab_size=4096,
+                    hidden_size=4096,
+                    intermediate_size=intermediate_size,
+                    num_layers=num_layers,
+                    num_heads=32,
+                    num_kv_heads=32,
+                    head_dim=128,
+                    ffn_activation="relu",
+                    max_position_embeddings=2048,
+                ),
+                **overrides,
+            }
+        )
 
 
 def _activation_for(arch: Architecture, hidden_act: str, source: str) -> Activation:
@@ -262,8 +342,10 @@ def _activation_for(arch: Architecture, hidden_act: str, source: str) -> Activat
         return "drelu" if arch == "bamboo" else "relu"
     if hidden_act == "silu" and arch != "bamboo":
         return "silu"
-    raise ConfigError(f"{source}: hidden_act={hidden_act!r} is not supported for {arch}; "
-                      "expected silu, relu or fatrelu (relu for bamboo)")
+    raise ConfigError(
+        f"{source}: hidden_act={hidden_act!r} is not supported for {arch}; "
+        "expected silu, relu or fatrelu (relu for bamboo)"
+    )
 
 
 def _rope_scaling(spec: dict | None, source: str) -> RopeScaling | None:
@@ -273,7 +355,8 @@ def _rope_scaling(spec: dict | None, source: str) -> RopeScaling | None:
     if kind in ("default", None):
         return None
     if kind not in ("llama3", "linear"):
-        raise ConfigError(f"{source}: rope_scaling type {kind!r} is not supported; expected "
-                          "'llama3' or 'linear'")
+        raise ConfigError(
+            f"{source}: rope_scaling type {kind!r} is not supported; expected 'llama3' or 'linear'"
+        )
     fields = {f.name for f in dataclasses.fields(RopeScaling)} - {"rope_type"}
     return RopeScaling(rope_type=kind, **{k: v for k, v in spec.items() if k in fields})

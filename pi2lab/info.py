@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
+from pi2lab.errors import CheckpointError
 from pi2lab.model.params import tensor_specs
 from pi2lab.model.pretrained import _open, _weight_files, load_config, resolve
-from pi2lab.errors import CheckpointError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 

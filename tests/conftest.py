@@ -13,17 +13,30 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 import numpy as np
 import pytest
 
-TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=56, num_hidden_layers=3,
-            num_attention_heads=6, num_key_value_heads=2, head_dim=10,
-            max_position_embeddings=64)
+TINY = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=56,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=10,
+    max_position_embeddings=64,
+)
 
 HF_CASES = {
     "llama-silu": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_act="silu")),
     "llama-relu": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_act="relu", rope_theta=500.0)),
-    "mistral-window": ("MistralConfig", "MistralForCausalLM",
-                       dict(hidden_act="silu", sliding_window=5)),
-    "mixtral-relu": ("MixtralConfig", "MixtralForCausalLM",
-                     dict(hidden_act="relu", num_local_experts=4, num_experts_per_tok=2)),
+    "mistral-window": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        dict(hidden_act="silu", sliding_window=5),
+    ),
+    "mixtral-relu": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(hidden_act="relu", num_local_experts=4, num_experts_per_tok=2),
+    ),
 }
 
 

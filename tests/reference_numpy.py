@@ -19,15 +19,17 @@ def _rope(x, pos, theta):
     inv = 1.0 / theta ** (np.arange(0, k, 2) / k)
     ang = pos[:, None] * inv[None]
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
-    rot = np.concatenate([-x[..., k // 2:], x[..., : k // 2]], -1)
+    rot = np.concatenate([-x[..., k // 2 :], x[..., : k // 2]], -1)
     return x * cos[:, None] + rot * sin[:, None]
 
 
 def _act(g, u, kind, t):
-    return {"drelu": lambda: np.maximum(g, 0) * np.maximum(u, 0),
-            "relu": lambda: np.maximum(g, 0) * u,
-            "fatrelu": lambda: np.where(g > t, g, 0) * u,
-            "silu": lambda: g / (1 + np.exp(-g)) * u}[kind]()
+    return {
+        "drelu": lambda: np.maximum(g, 0) * np.maximum(u, 0),
+        "relu": lambda: np.maximum(g, 0) * u,
+        "fatrelu": lambda: np.where(g > t, g, 0) * u,
+        "silu": lambda: g / (1 + np.exp(-g)) * u,
+    }[kind]()
 
 
 def logits(ckpt: Path, tokens: np.ndarray, activation: str) -> np.ndarray:
@@ -56,8 +58,11 @@ def logits(ckpt: Path, tokens: np.ndarray, activation: str) -> np.ndarray:
         x = x + np.concatenate(heads, -1) @ w[p + "self_attn.o_proj.weight"].T
         m = _rms(x, w[p + "post_attention_layernorm.weight"], eps)
         g, u = m @ w[p + "mlp.gate_proj.weight"].T, m @ w[p + "mlp.up_proj.weight"].T
-        x = x + _act(g, u, activation, cfg.get("hidden_act_param", 0.0)) @ w[
-            p + "mlp.down_proj.weight"].T
+        x = (
+            x
+            + _act(g, u, activation, cfg.get("hidden_act_param", 0.0))
+            @ w[p + "mlp.down_proj.weight"].T
+        )
     x = _rms(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     return x @ head.T

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs, sample
@@ -15,9 +14,15 @@ from pi2lab.model.transformer import forward
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def decode_step(params: dict, cfg: ModelConfig, cache: KVCache, token: jax.Array,
-                pos: jax.Array, key: jax.Array, knobs: SamplingKnobs
-                ) -> tuple[jax.Array, jax.Array, KVCache]:
+def decode_step(
+    params: dict,
+    cfg: ModelConfig,
+    cache: KVCache,
+    token: jax.Array,
+    pos: jax.Array,
+    key: jax.Array,
+    knobs: SamplingKnobs,
+) -> tuple[jax.Array, jax.Array, KVCache]:
     """Feeds ``token`` (int32 scalar) at position ``pos``; samples the next one.
 
     Returns the next token id, the logits ``[V]`` it was drawn from, and the updated cache.
@@ -29,8 +34,9 @@ def decode_step(params: dict, cfg: ModelConfig, cache: KVCache, token: jax.Array
 
 
 @jax.jit
-def sample_first(logits: jax.Array, last_pos: jax.Array, key: jax.Array,
-                 knobs: SamplingKnobs) -> jax.Array:
+def sample_first(
+    logits: jax.Array, last_pos: jax.Array, key: jax.Array, knobs: SamplingKnobs
+) -> jax.Array:
     """Samples the first new token from the prefill's logits at ``last_pos`` (the prompt's
     last position), keyed like the decode steps: the token after position p uses key p."""
     traced("sample_first")

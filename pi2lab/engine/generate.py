@@ -43,16 +43,29 @@ class GenerationResult:
     decode_steps_timed: int
 
     def to_json(self) -> dict:
-        return {"prompt_tokens": int(self.prompt_tokens.size), "new_tokens": int(self.tokens.size),
-                "text": self.text, "stop_reason": self.stop_reason,
-                "prefill_s": round(self.prefill_s, 4),
-                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
-                "decode_steps_timed": self.decode_steps_timed}
+        return {
+            "prompt_tokens": int(self.prompt_tokens.size),
+            "new_tokens": int(self.tokens.size),
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "prefill_s": round(self.prefill_s, 4),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
+            "decode_steps_timed": self.decode_steps_timed,
+        }
 
 
-def generate(model, prompt: str | np.ndarray, *, max_new_tokens: int = 64,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             stop_at_eos: bool = True, engine: Literal["dense"] = "dense") -> GenerationResult:
+def generate(
+    model,
+    prompt: str | np.ndarray,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_at_eos: bool = True,
+    engine: Literal["dense"] = "dense",
+) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 
     ``temperature=0`` is greedy. Sampling knobs are traced: changing them does not recompile.
@@ -71,17 +84,20 @@ def generate(model, prompt: str | np.ndarray, *, max_new_tokens: int = 64,
     ids = check_tokens(ids, cfg)
     total = ids.size + max_new_tokens
     if total > cfg.max_position_embeddings:
-        raise PromptError(f"prompt ({ids.size} tokens) + max_new_tokens ({max_new_tokens}) = "
-                          f"{total} exceeds the model's context of "
-                          f"{cfg.max_position_embeddings} tokens")
+        raise PromptError(
+            f"prompt ({ids.size} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{total} exceeds the model's context of "
+            f"{cfg.max_position_embeddings} tokens"
+        )
     capacity = min(bucket(total, MIN_CAPACITY), cfg.max_position_embeddings)
     knobs = SamplingKnobs.make(temperature, top_k, top_p)
     key = jax.random.key(seed)
 
     t0 = time.perf_counter()
     cache = KVCache.zeros(cfg, capacity, dtype=model.dtype)
-    logits, cache = prefill(model.params, cfg, pad(ids, min(bucket(ids.size), capacity)),
-                            jnp.int32(ids.size), cache)
+    logits, cache = prefill(
+        model.params, cfg, pad(ids, min(bucket(ids.size), capacity)), jnp.int32(ids.size), cache
+    )
     token = sample_first(logits, jnp.int32(ids.size - 1), key, knobs)
     token.block_until_ready()
     prefill_s = time.perf_counter() - t0
@@ -103,6 +119,12 @@ def generate(model, prompt: str | np.ndarray, *, max_new_tokens: int = 64,
     rate = steps_timed / (time.perf_counter() - t_first) if steps_timed > 0 else float("nan")
     tokens = np.asarray(out, np.int32)
     text = model.decode(tokens) if model.tokenizer is not None else ""
-    return GenerationResult(prompt_tokens=ids, tokens=tokens, text=text, stop_reason=stop,
-                            prefill_s=prefill_s, decode_tokens_per_s=rate,
-                            decode_steps_timed=max(steps_timed, 0))
+    return GenerationResult(
+        prompt_tokens=ids,
+        tokens=tokens,
+        text=text,
+        stop_reason=stop,
+        prefill_s=prefill_s,
+        decode_tokens_per_s=rate,
+        decode_steps_timed=max(steps_timed, 0),
+    )

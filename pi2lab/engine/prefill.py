@@ -30,8 +30,9 @@ def pad(tokens: np.ndarray, length: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def prefill(params: dict, cfg: ModelConfig, tokens: jax.Array, length: jax.Array,
-            cache: KVCache) -> tuple[jax.Array, KVCache]:
+def prefill(
+    params: dict, cfg: ModelConfig, tokens: jax.Array, length: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
     """Runs ``tokens [1, T_pad]`` (``length`` real ones) from position 0 into ``cache``.
 
     Returns the logits ``[V]`` of the last real token and the filled cache. Padding slots get
@@ -54,11 +55,14 @@ def check_tokens(tokens, cfg: ModelConfig) -> np.ndarray:
     if tokens.size == 0:
         raise PromptError("the prompt is empty: expected at least one token")
     if tokens.size > cfg.max_position_embeddings:
-        raise PromptError(f"the prompt has {tokens.size} tokens; the model's context is "
-                          f"{cfg.max_position_embeddings} (max_position_embeddings)")
+        raise PromptError(
+            f"the prompt has {tokens.size} tokens; the model's context is "
+            f"{cfg.max_position_embeddings} (max_position_embeddings)"
+        )
     if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
-        raise PromptError(f"token ids must lie in [0, {cfg.vocab_size}); got "
-                          f"[{tokens.min()}, {tokens.max()}]")
+        raise PromptError(
+            f"token ids must lie in [0, {cfg.vocab_size}); got [{tokens.min()}, {tokens.max()}]"
+        )
     return tokens
 
 

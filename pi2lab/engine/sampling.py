@@ -26,11 +26,14 @@ class SamplingKnobs:
     @classmethod
     def make(cls, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> SamplingKnobs:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"sampling knobs temperature={temperature}, top_k={top_k}, "
-                             f"top_p={top_p}: expected temperature >= 0, top_k >= 0, "
-                             "0 < top_p <= 1")
-        return cls(temperature=jnp.float32(temperature), top_k=jnp.int32(top_k),
-                   top_p=jnp.float32(top_p))
+            raise ValueError(
+                f"sampling knobs temperature={temperature}, top_k={top_k}, "
+                f"top_p={top_p}: expected temperature >= 0, top_k >= 0, "
+                "0 < top_p <= 1"
+            )
+        return cls(
+            temperature=jnp.float32(temperature), top_k=jnp.int32(top_k), top_p=jnp.float32(top_p)
+        )
 
 
 def sample(logits: jax.Array, key: jax.Array, knobs: SamplingKnobs) -> jax.Array:

@@ -26,8 +26,7 @@ class KVCache:
     v: tuple[jax.Array, ...]
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, capacity: int, batch: int = 1,
-              dtype=jnp.float32) -> KVCache:
+    def zeros(cls, cfg: ModelConfig, capacity: int, batch: int = 1, dtype=jnp.float32) -> KVCache:
         shape = (batch, capacity, cfg.num_kv_heads, cfg.head_dim)
         layers = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
         return cls(k=layers, v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))

@@ -31,7 +31,8 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     low_wavelen = sc.original_max_position_embeddings / sc.low_freq_factor
     high_wavelen = sc.original_max_position_embeddings / sc.high_freq_factor
     smooth = (sc.original_max_position_embeddings / wavelen - sc.low_freq_factor) / (
-        sc.high_freq_factor - sc.low_freq_factor)
+        sc.high_freq_factor - sc.low_freq_factor
+    )
     mid = (1 - smooth) * inv / sc.factor + smooth * inv
     out = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
     is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
@@ -49,8 +50,14 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, kv_pos: jax.Array,
-              sliding_window: int | None) -> jax.Array:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    sliding_window: int | None,
+) -> jax.Array:
     """Causal grouped-query attention.
 
     Args:
@@ -73,8 +80,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, kv_pos
     return jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, h, kd)
 
 
-def ffn_activation(gate: jax.Array, up: jax.Array, kind: Activation,
-                   threshold: float = 0.0) -> jax.Array:
+def ffn_activation(
+    gate: jax.Array, up: jax.Array, kind: Activation, threshold: float = 0.0
+) -> jax.Array:
     """Neuron activations from gate and up projections (same shape in and out)."""
     if kind == "silu":
         return jax.nn.silu(gate) * up

@@ -41,17 +41,25 @@ def _transpose(a):
 
 def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
     """Every tensor a Hugging Face checkpoint of ``cfg`` holds, in a stable order."""
-    d, h, g, k, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                     cfg.intermediate_size)
+    d, h, g, k, f = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
 
     def heads_in(n):  # HF [N*K, D] <-> internal [D, N, K]
-        return (lambda a: np.ascontiguousarray(a.reshape(n, k, d).transpose(2, 0, 1)),
-                lambda a: np.ascontiguousarray(a.transpose(1, 2, 0).reshape(n * k, d)))
+        return (
+            lambda a: np.ascontiguousarray(a.reshape(n, k, d).transpose(2, 0, 1)),
+            lambda a: np.ascontiguousarray(a.transpose(1, 2, 0).reshape(n * k, d)),
+        )
 
-    o_in = (lambda a: np.ascontiguousarray(a.reshape(d, h, k).transpose(1, 2, 0)),
-            lambda a: np.ascontiguousarray(a.transpose(2, 0, 1).reshape(d, h * k)))
-    specs = [TensorSpec("model.embed_tokens.weight", (cfg.vocab_size, d), ("embed",),
-                        _same, _same)]
+    o_in = (
+        lambda a: np.ascontiguousarray(a.reshape(d, h, k).transpose(1, 2, 0)),
+        lambda a: np.ascontiguousarray(a.transpose(2, 0, 1).reshape(d, h * k)),
+    )
+    specs = [TensorSpec("model.embed_tokens.weight", (cfg.vocab_size, d), ("embed",), _same, _same)]
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}."
         lay = ("layers", i)
@@ -61,32 +69,35 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
             TensorSpec(pre + "self_attn.k_proj.weight", (g * k, d), (*lay, "k"), *heads_in(g)),
             TensorSpec(pre + "self_attn.v_proj.weight", (g * k, d), (*lay, "v"), *heads_in(g)),
             TensorSpec(pre + "self_attn.o_proj.weight", (d, h * k), (*lay, "o"), *o_in),
-            TensorSpec(pre + "post_attention_layernorm.weight", (d,), (*lay, "ffn_norm"),
-                       _same, _same),
+            TensorSpec(
+                pre + "post_attention_layernorm.weight", (d,), (*lay, "ffn_norm"), _same, _same
+            ),
         ]
         if cfg.is_moe:
             moe = pre + "block_sparse_moe."
-            specs.append(TensorSpec(moe + "gate.weight", (cfg.num_experts, d),
-                                    (*lay, "router"), _same, _same))
+            specs.append(
+                TensorSpec(
+                    moe + "gate.weight", (cfg.num_experts, d), (*lay, "router"), _same, _same
+                )
+            )
             for e in range(cfg.num_experts):
                 ex = f"{moe}experts.{e}."
                 specs += [
                     TensorSpec(ex + "w1.weight", (f, d), (*lay, "gate", e), _same, _same),
                     TensorSpec(ex + "w3.weight", (f, d), (*lay, "up", e), _same, _same),
-                    TensorSpec(ex + "w2.weight", (d, f), (*lay, "down", e), _transpose,
-                               _transpose),
+                    TensorSpec(ex + "w2.weight", (d, f), (*lay, "down", e), _transpose, _transpose),
                 ]
         else:
             specs += [
                 TensorSpec(pre + "mlp.gate_proj.weight", (f, d), (*lay, "gate"), _same, _same),
                 TensorSpec(pre + "mlp.up_proj.weight", (f, d), (*lay, "up"), _same, _same),
-                TensorSpec(pre + "mlp.down_proj.weight", (d, f), (*lay, "down"), _transpose,
-                           _transpose),
+                TensorSpec(
+                    pre + "mlp.down_proj.weight", (d, f), (*lay, "down"), _transpose, _transpose
+                ),
             ]
     specs.append(TensorSpec("model.norm.weight", (d,), ("final_norm",), _same, _same))
     if not cfg.tie_word_embeddings:
-        specs.append(TensorSpec("lm_head.weight", (cfg.vocab_size, d), ("lm_head",),
-                                _same, _same))
+        specs.append(TensorSpec("lm_head.weight", (cfg.vocab_size, d), ("lm_head",), _same, _same))
     return specs
 
 
@@ -126,8 +137,11 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float 
         if len(spec.hf_shape) == 1:
             leaves[spec.path] = np.ones(spec.hf_shape, np.float32)
             continue
-        scale = std * (depth_scale if spec.path[-1] in ("o", "down") or
-                       (len(spec.path) == 4 and spec.path[2] == "down") else 1.0)
+        scale = std * (
+            depth_scale
+            if spec.path[-1] in ("o", "down") or (len(spec.path) == 4 and spec.path[2] == "down")
+            else 1.0
+        )
         hf = jax.random.normal(k, spec.hf_shape, jnp.float32) * scale
         leaves[spec.path] = spec.to_internal(np.asarray(hf))
     return assemble(cfg, leaves, dtype)
@@ -142,7 +156,12 @@ def param_bytes_by_component(params: dict) -> dict[str, int]:
     out["norms"] += params["final_norm"].nbytes
     for p in params["layers"]:
         for name, arr in p.items():
-            group = ("attention" if name in ("q", "k", "v", "o") else
-                     "norms" if name.endswith("norm") else "ffn")
+            group = (
+                "attention"
+                if name in ("q", "k", "v", "o")
+                else "norms"
+                if name.endswith("norm")
+                else "ffn"
+            )
             out[group] += arr.nbytes
     return out

@@ -38,14 +38,21 @@ def data_dir() -> Path:
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:
-    """``"builtin"`` (or a bundled model's name) -> its directory; any other value is a path."""
+    """``"builtin"`` (or a bundled model's name) -> its directory; any other value is a path.
+
+    Raises:
+      CheckpointError: when that directory does not exist.
+    """
     name = str(path_or_name)
     if name == "builtin":
         name = BUILTIN
     bundled = data_dir() / "models" / name
-    if os.sep not in name and not Path(name).exists() and bundled.is_dir():
-        return bundled
-    return Path(path_or_name)
+    path = Path(path_or_name)
+    if os.sep not in name and not path.exists() and bundled.is_dir():
+        path = bundled
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory (or bundled model name)")
+    return path
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -102,8 +109,9 @@ class Model:
 def load_config(path: Path) -> ModelConfig:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise CheckpointError(f"{cfg_file}: config.json is missing; expected a Hugging Face "
-                              "checkpoint directory")
+        raise CheckpointError(
+            f"{cfg_file}: config.json is missing; expected a Hugging Face checkpoint directory"
+        )
     try:
         hf = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
@@ -121,13 +129,14 @@ def _weight_files(path: Path) -> dict[str, Path]:
             raise CheckpointError(f"{index}: expected JSON with a 'weight_map' ({e})") from e
         for shard in sorted(set(weight_map.values())):
             if not (path / shard).is_file():
-                raise CheckpointError(f"{index}: names shard {shard!r}, which is absent from "
-                                      f"{path}")
+                raise CheckpointError(
+                    f"{index}: names shard {shard!r}, which is absent from {path}"
+                )
         return {name: path / shard for name, shard in weight_map.items()}
     single = path / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
-    return {name: single for name in _open(single).keys()}
+    return dict.fromkeys(_open(single).keys(), single)
 
 
 def _open(file: Path):
@@ -148,8 +157,7 @@ def _read_bf16(file: Path, name: str) -> np.ndarray:
     return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(info["shape"]).astype(np.float32)
 
 
-def load_pretrained(path_or_name: str | os.PathLike = "builtin", *,
-                    dtype=jnp.float32) -> Model:
+def load_pretrained(path_or_name: str | os.PathLike = "builtin", *, dtype=jnp.float32) -> Model:
     """Loads a checkpoint directory (or ``"builtin"``) into a :class:`Model`.
 
     Weights stored as bf16/fp16/f32 are converted to ``dtype`` (the compute dtype).
@@ -160,19 +168,19 @@ def load_pretrained(path_or_name: str | os.PathLike = "builtin", *,
       ConfigError: a config.json that is missing fields or names an unknown architecture.
     """
     path = resolve(path_or_name)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory (or bundled model name)")
     cfg = load_config(path)
     where = _weight_files(path)
     handles: dict[Path, object] = {}
     leaves = {}
     specs = tensor_specs(cfg)
-    for spec in tqdm(specs, desc=f"loading {path.name}", unit="tensor", leave=False,
-                     disable=len(specs) < 200):
+    for spec in tqdm(
+        specs, desc=f"loading {path.name}", unit="tensor", leave=False, disable=len(specs) < 200
+    ):
         file = where.get(spec.hf_name)
         if file is None:
-            raise CheckpointError(f"{path}: tensor {spec.hf_name!r} is missing; expected shape "
-                                  f"{list(spec.hf_shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {spec.hf_name!r} is missing; expected shape {list(spec.hf_shape)}"
+            )
         if file not in handles:
             handles[file] = _open(file)
         fh = handles[file]
@@ -182,21 +190,30 @@ def load_pretrained(path_or_name: str | os.PathLike = "builtin", *,
         except Exception as e:
             raise CheckpointError(f"{file}: tensor {spec.hf_name!r} is missing ({e})") from e
         if shape != spec.hf_shape:
-            raise CheckpointError(f"{file}: tensor {spec.hf_name!r} has shape {list(shape)}, "
-                                  f"expected {list(spec.hf_shape)} from config.json")
+            raise CheckpointError(
+                f"{file}: tensor {spec.hf_name!r} has shape {list(shape)}, "
+                f"expected {list(spec.hf_shape)} from config.json"
+            )
         try:
             arr = _read_bf16(file, spec.hf_name) if dt == "BF16" else fh.get_tensor(spec.hf_name)
         except Exception as e:
-            raise CheckpointError(f"{file}: tensor {spec.hf_name!r} could not be read; the file "
-                                  f"may be truncated ({e})") from e
+            raise CheckpointError(
+                f"{file}: tensor {spec.hf_name!r} could not be read; the file "
+                f"may be truncated ({e})"
+            ) from e
         leaves[spec.path] = spec.to_internal(np.asarray(arr, np.float32))
     tok_file = path / "tokenizer.json"
     tokenizer = tokenizers.Tokenizer.from_file(str(tok_file)) if tok_file.is_file() else None
     return Model(config=cfg, params=assemble(cfg, leaves, dtype), tokenizer=tokenizer, path=path)
 
 
-def save_pretrained(model: Model, path: str | os.PathLike, *, dtype=np.float32,
-                    extra_files: dict[str, str] | None = None) -> Path:
+def save_pretrained(
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    dtype=np.float32,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Writes ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``path``.
 
     Files are written to a temporary directory beside ``path`` and moved into place at the
@@ -206,9 +223,12 @@ def save_pretrained(model: Model, path: str | os.PathLike, *, dtype=np.float32,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tensors = {spec.hf_name: spec.to_hf(np.asarray(leaf(model.params, spec.path),
-                                                       np.float32)).astype(dtype)
-                   for spec in tensor_specs(model.config)}
+        tensors = {
+            spec.hf_name: spec.to_hf(np.asarray(leaf(model.params, spec.path), np.float32)).astype(
+                dtype
+            )
+            for spec in tensor_specs(model.config)
+        }
         safetensors.numpy.save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
         if model.tokenizer is not None:

@@ -10,8 +10,13 @@ from pi2lab.engine.state import KVCache
 from pi2lab.model import layers
 
 
-def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, start: jax.Array | int = 0,
-            cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None, list[jax.Array]]:
+def forward(
+    params: dict,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    start: jax.Array | int = 0,
+    cache: KVCache | None = None,
+) -> tuple[jax.Array, KVCache | None, list[jax.Array]]:
     """Runs the decoder over ``tokens [B, T]`` placed at positions ``start .. start+T-1``.
 
     With a ``cache``, the new keys/values are written at those positions and attention reads
@@ -34,10 +39,12 @@ def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, start: jax.Array 
         k = layers.apply_rope(jnp.einsum("btd,dgk->btgk", h, p["k"]), q_pos, inv_freq)
         v = jnp.einsum("btd,dgk->btgk", h, p["v"])
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k.astype(cache.k[i].dtype),
-                                                    start, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v.astype(cache.v[i].dtype),
-                                                    start, axis=1)
+            k = jax.lax.dynamic_update_slice_in_dim(
+                cache.k[i], k.astype(cache.k[i].dtype), start, axis=1
+            )
+            v = jax.lax.dynamic_update_slice_in_dim(
+                cache.v[i], v.astype(cache.v[i].dtype), start, axis=1
+            )
             new_k.append(k)
             new_v.append(v)
         att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)

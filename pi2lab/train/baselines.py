@@ -29,6 +29,8 @@ def bigram_perplexity(train: np.ndarray, held_out: np.ndarray, vocab: int) -> tu
     totals = prev_totals[held_out[:-1]]
     p_bi = np.divide(hits, totals, out=np.zeros_like(totals), where=totals > 0)
     p_uni = uni[held_out[1:]]
-    best = min((float(np.exp(-np.log(lam * p_bi + (1 - lam) * p_uni).mean())), lam)
-               for lam in np.linspace(0.0, 0.95, 20))
+    best = min(
+        (float(np.exp(-np.log(lam * p_bi + (1 - lam) * p_uni).mean())), lam)
+        for lam in np.linspace(0.0, 0.95, 20)
+    )
     return best

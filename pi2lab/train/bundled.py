@@ -21,11 +21,22 @@ from pi2lab.train.tokenizer import BOS, EOS, encode_documents, train_bpe
 
 def bundled_config(vocab_size: int = 4096) -> ModelConfig:
     """The bundled model's shape: a small Bamboo-style (dReLU) decoder."""
-    return ModelConfig(architecture="bamboo", vocab_size=vocab_size, hidden_size=256,
-                       intermediate_size=1024, num_layers=6, num_heads=4, num_kv_heads=2,
-                       head_dim=64, ffn_activation="drelu", max_position_embeddings=512,
-                       rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0,
-                       eos_token_id=(1,))
+    return ModelConfig(
+        architecture="bamboo",
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_layers=6,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        ffn_activation="drelu",
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=(1,),
+    )
 
 
 def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict:
@@ -33,8 +44,11 @@ def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict
     docs = corpus.stdlib_documents()
     train_docs, held_docs = corpus.split(docs)
     tok = train_bpe(train_docs, vocab_size)
-    cfg = dataclasses.replace(bundled_config(tok.get_vocab_size()),
-                              bos_token_id=tok.token_to_id(BOS), eos_token_id=(tok.token_to_id(EOS),))
+    cfg = dataclasses.replace(
+        bundled_config(tok.get_vocab_size()),
+        bos_token_id=tok.token_to_id(BOS),
+        eos_token_id=(tok.token_to_id(EOS),),
+    )
     train_stream = encode_documents(tok, train_docs)
     held_stream = encode_documents(tok, held_docs)
     records: list[dict] = []
@@ -51,30 +65,50 @@ def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict
     steps = history[-1]["step"]
     card = {
         "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
-        "corpus": {"source": f"Python {platform.python_version()} standard-library docstrings "
-                             "and pydoc_data topics",
-                   "documents_train": len(train_docs), "documents_held_out": len(held_docs),
-                   "characters_train": sum(map(len, train_docs)),
-                   "characters_held_out": sum(map(len, held_docs)),
-                   "tokens_train": int(train_stream.size), "tokens_held_out": int(held_stream.size),
-                   "fingerprint": corpus.fingerprint(train_docs + held_docs)},
-        "training": {**dataclasses.asdict(tc), "steps_run": steps,
-                     "tokens_seen": steps * tc.batch_size * tc.seq_len,
-                     "epochs": steps * tc.batch_size * tc.seq_len / train_stream.size,
-                     "train_seconds": round(train_s, 1), "machine": platform.machine(),
-                     "final_l1": next((r["l1"] for r in reversed(history) if "l1" in r), None)},
-        "held_out": {"perplexity": stats["perplexity"], "tokens": stats["tokens"],
-                     "unigram_perplexity": baselines.unigram_perplexity(
-                         train_stream, held_stream, cfg.vocab_size),
-                     "bigram_perplexity": bigram, "bigram_lambda": lam},
-        "sparsity": {k: stats[k] for k in ("sparsity_per_layer", "dead_fraction_per_layer",
-                                          "top10_share_per_layer")},
+        "corpus": {
+            "source": f"Python {platform.python_version()} standard-library docstrings "
+            "and pydoc_data topics",
+            "documents_train": len(train_docs),
+            "documents_held_out": len(held_docs),
+            "characters_train": sum(map(len, train_docs)),
+            "characters_held_out": sum(map(len, held_docs)),
+            "tokens_train": int(train_stream.size),
+            "tokens_held_out": int(held_stream.size),
+            "fingerprint": corpus.fingerprint(train_docs + held_docs),
+        },
+        "training": {
+            **dataclasses.asdict(tc),
+            "steps_run": steps,
+            "tokens_seen": steps * tc.batch_size * tc.seq_len,
+            "epochs": steps * tc.batch_size * tc.seq_len / train_stream.size,
+            "train_seconds": round(train_s, 1),
+            "machine": platform.machine(),
+            "final_l1": next((r["l1"] for r in reversed(history) if "l1" in r), None),
+        },
+        "held_out": {
+            "perplexity": stats["perplexity"],
+            "tokens": stats["tokens"],
+            "unigram_perplexity": baselines.unigram_perplexity(
+                train_stream, held_stream, cfg.vocab_size
+            ),
+            "bigram_perplexity": bigram,
+            "bigram_lambda": lam,
+        },
+        "sparsity": {
+            k: stats[k]
+            for k in ("sparsity_per_layer", "dead_fraction_per_layer", "top10_share_per_layer")
+        },
     }
     model = Model(config=cfg, params=params, tokenizer=tok)
-    save_pretrained(model, out, extra_files={
-        "README.md": model_card(cfg, card),
-        "train_log.jsonl": "".join(json.dumps(r) + "\n" for r in history),
-        "card.json": json.dumps(card, indent=2) + "\n"})
+    save_pretrained(
+        model,
+        out,
+        extra_files={
+            "README.md": model_card(cfg, card),
+            "train_log.jsonl": "".join(json.dumps(r) + "\n" for r in history),
+            "card.json": json.dumps(card, indent=2) + "\n",
+        },
+    )
     return card
 
 
@@ -84,10 +118,20 @@ def model_card(cfg: ModelConfig, card: dict) -> str:
     n_params = card["parameters"]
     rows = "\n".join(
         f"| {i} | {sp:.3f} | {dead:.3f} | {top:.3f} |"
-        for i, (sp, dead, top) in enumerate(zip(s["sparsity_per_layer"],
-                                                s["dead_fraction_per_layer"],
-                                                s["top10_share_per_layer"], strict=True)))
-    mean = lambda xs: float(np.mean(xs))  # noqa: E731
+        for i, (sp, dead, top) in enumerate(
+            zip(
+                s["sparsity_per_layer"],
+                s["dead_fraction_per_layer"],
+                s["top10_share_per_layer"],
+                strict=True,
+            )
+        )
+    )
+    bigram = h["bigram_perplexity"]
+    means = " | ".join(
+        f"{np.mean(s[k]):.3f}"
+        for k in ("sparsity_per_layer", "dead_fraction_per_layer", "top10_share_per_layer")
+    )
     return f"""# pydoc-drelu — pi2lab's bundled sparse model
 
 A small Bamboo-style decoder (dReLU FFN: ReLU(gate) * ReLU(up)) trained from scratch by
@@ -120,7 +164,7 @@ checkpoint with the best held-out perplexity in the second half of the run is ke
 | model | perplexity |
 |---|---|
 | this model | {h["perplexity"]:.1f} |
-| bigram (interpolated with unigram, lambda {h["bigram_lambda"]:.2f} chosen on held-out) | {h["bigram_perplexity"]:.1f} |
+| bigram + unigram (lambda {h["bigram_lambda"]:.2f}, chosen on held-out) | {bigram:.1f} |
 | unigram (add-one) | {h["unigram_perplexity"]:.1f} |
 
 ## FFN activation sparsity (held-out text)
@@ -131,7 +175,7 @@ activations made by the 10% most frequently firing neurons.
 | layer | sparsity | dead | top-10% share |
 |---|---|---|---|
 {rows}
-| mean | {mean(s["sparsity_per_layer"]):.3f} | {mean(s["dead_fraction_per_layer"]):.3f} | {mean(s["top10_share_per_layer"]):.3f} |
+| mean | {means} |
 
 ## Reproduce
 `pi2lab train --out data/models/pydoc-drelu --time-budget {t["time_budget_s"]:.0f}` (the

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import pydoc_data.topics
 import sysconfig
 import zlib
 from pathlib import Path
-
-import pydoc_data.topics
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3"}
 HELD_OUT_EVERY = 20  # one document in 20 (by a hash of its name) is held out
 
 
 def _docstrings(tree: ast.AST) -> list[str]:
-    nodes = [tree, *(n for n in ast.walk(tree)
-                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef))]
+    nodes = [
+        tree,
+        *(
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ),
+    ]
     docs = (ast.get_docstring(n, clean=True) for n in nodes)
     return [d.strip() for d in docs if d and len(d.split()) >= 4]
 

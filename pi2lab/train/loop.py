@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -120,22 +119,31 @@ def make_sequences(stream: np.ndarray, seq_len: int, limit: int | None = None) -
     n = (stream.size - 1) // seq_len
     if limit is not None:
         n = min(n, limit)
-    return np.stack([stream[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
+    return np.stack([stream[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
 
 
-def train(cfg: ModelConfig, tc: TrainConfig, train_stream: np.ndarray,
-          held_out_stream: np.ndarray, *, log: Callable[[dict], None] = lambda r: None
-          ) -> tuple[dict, list[dict]]:
+def train(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    train_stream: np.ndarray,
+    held_out_stream: np.ndarray,
+    *,
+    log: Callable[[dict], None] = lambda r: None,
+) -> tuple[dict, list[dict]]:
     """Trains from scratch; returns the parameters with the best held-out loss and the log."""
     if train_stream.size < 10 * (tc.seq_len + 1) or held_out_stream.size < tc.seq_len + 1:
-        raise TrainingError(f"corpus too small: {train_stream.size} train and "
-                            f"{held_out_stream.size} held-out tokens for seq_len={tc.seq_len}")
+        raise TrainingError(
+            f"corpus too small: {train_stream.size} train and "
+            f"{held_out_stream.size} held-out tokens for seq_len={tc.seq_len}"
+        )
     rng = np.random.default_rng(tc.seed)
     params = init_params(cfg, jax.random.key(tc.seed))
     optimizer = optax.inject_hyperparams(
         lambda learning_rate: optax.chain(
             optax.clip_by_global_norm(1.0),
-            optax.adamw(learning_rate, b2=0.95, weight_decay=tc.weight_decay)))(learning_rate=0.0)
+            optax.adamw(learning_rate, b2=0.95, weight_decay=tc.weight_decay),
+        )
+    )(learning_rate=0.0)
     opt_state = optimizer.init(params)
     eval_seqs = jnp.asarray(make_sequences(held_out_stream, tc.seq_len, tc.eval_sequences))
     best, best_ppl, history = None, float("inf"), []
@@ -149,29 +157,39 @@ def train(cfg: ModelConfig, tc: TrainConfig, train_stream: np.ndarray,
         if frac >= 1.0 or elapsed >= tc.time_budget_s:
             break
         warm = tc.warmup_fraction
-        lr = tc.learning_rate * (frac / warm if frac < warm else
-                                 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm))))
+        lr = tc.learning_rate * (
+            frac / warm
+            if frac < warm
+            else 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+        )
         starts = rng.integers(0, train_stream.size - tc.seq_len - 1, tc.batch_size)
-        batch = jnp.asarray(np.stack([train_stream[s: s + tc.seq_len + 1] for s in starts]))
-        params, opt_state, ce, sparsity = _train_step(params, opt_state, batch,
-                                                      jnp.float32(l1), jnp.float32(lr),
-                                                      cfg, optimizer)
+        batch = jnp.asarray(np.stack([train_stream[s : s + tc.seq_len + 1] for s in starts]))
+        params, opt_state, ce, sparsity = _train_step(
+            params, opt_state, batch, jnp.float32(l1), jnp.float32(lr), cfg, optimizer
+        )
         ce, sparsity = float(ce), float(sparsity)
         if frac >= warm:  # the controller starts after warm-up
             l1 = tc.l1_init if l1 == 0.0 else l1
-            l1 = float(np.clip(l1 * math.exp(tc.l1_gain * (tc.target_sparsity - sparsity)),
-                               1e-6, 10.0))
+            l1 = float(
+                np.clip(l1 * math.exp(tc.l1_gain * (tc.target_sparsity - sparsity)), 1e-6, 10.0)
+            )
         step += 1
         bar.update(1)
         bar.set_postfix(ce=f"{ce:.3f}", sparsity=f"{sparsity:.3f}", l1=f"{l1:.2e}")
         if step % tc.eval_every == 0:
             stats = held_out_stats(params, cfg, eval_seqs)
-            record = {"step": step, "tokens_seen": step * tc.batch_size * tc.seq_len,
-                      "elapsed_s": round(time.perf_counter() - t0, 1), "lr": lr, "l1": l1,
-                      "train_ce": ce, "train_sparsity": sparsity,
-                      "held_out_perplexity": stats["perplexity"],
-                      "held_out_sparsity": float(np.mean(stats["sparsity_per_layer"])),
-                      "held_out_dead": float(np.mean(stats["dead_fraction_per_layer"]))}
+            record = {
+                "step": step,
+                "tokens_seen": step * tc.batch_size * tc.seq_len,
+                "elapsed_s": round(time.perf_counter() - t0, 1),
+                "lr": lr,
+                "l1": l1,
+                "train_ce": ce,
+                "train_sparsity": sparsity,
+                "held_out_perplexity": stats["perplexity"],
+                "held_out_sparsity": float(np.mean(stats["sparsity_per_layer"])),
+                "held_out_dead": float(np.mean(stats["dead_fraction_per_layer"])),
+            }
             history.append(record)
             log(record)
             if frac >= 0.5 and stats["perplexity"] < best_ppl:
@@ -181,7 +199,12 @@ def train(cfg: ModelConfig, tc: TrainConfig, train_stream: np.ndarray,
     final = jax.tree.map(np.asarray, params)
     if best is None or held_out_stats(final, cfg, eval_seqs)["perplexity"] <= best_ppl:
         best = final
-    history.append({"step": step, "tokens_seen": step * tc.batch_size * tc.seq_len,
-                    "elapsed_s": round(time.perf_counter() - t0, 1), "final": True})
+    history.append(
+        {
+            "step": step,
+            "tokens_seen": step * tc.batch_size * tc.seq_len,
+            "elapsed_s": round(time.perf_counter() - t0, 1),
+            "final": True,
+        }
+    )
     return jax.tree.map(jnp.asarray, best), history
-

@@ -7,10 +7,19 @@ import pytest
 import pi2lab as pl
 from pi2lab.engine.traces import TRACE_COUNTS
 
-CFG = pl.ModelConfig(architecture="mistral", vocab_size=97, hidden_size=48,
-                     intermediate_size=56, num_layers=2, num_heads=6, num_kv_heads=2,
-                     head_dim=10, ffn_activation="relu", max_position_embeddings=200,
-                     sliding_window=7)
+CFG = pl.ModelConfig(
+    architecture="mistral",
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=56,
+    num_layers=2,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=10,
+    ffn_activation="relu",
+    max_position_embeddings=200,
+    sliding_window=7,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +39,20 @@ def test_greedy_tokens_follow_dense_argmax(model):
 def test_decode_step_does_not_retrace_across_steps_or_knobs(model):
     model.generate(np.array([1, 2, 3]), max_new_tokens=5)  # compile once
     before = dict(TRACE_COUNTS)
-    for temperature, top_k, top_p, seed in [(0.0, 0, 1.0, 0), (0.7, 5, 0.9, 1),
-                                            (1.3, 0, 0.5, 2), (0.2, 40, 1.0, 3)]:
-        model.generate(np.array([4, 5, 6, 7]), max_new_tokens=9, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=seed)
+    for temperature, top_k, top_p, seed in [
+        (0.0, 0, 1.0, 0),
+        (0.7, 5, 0.9, 1),
+        (1.3, 0, 0.5, 2),
+        (0.2, 40, 1.0, 3),
+    ]:
+        model.generate(
+            np.array([4, 5, 6, 7]),
+            max_new_tokens=9,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
     assert TRACE_COUNTS["decode_step"] == before["decode_step"]
     assert TRACE_COUNTS["sample_first"] == before["sample_first"]
     assert TRACE_COUNTS["prefill"] == before["prefill"]  # same length bucket
@@ -57,8 +76,9 @@ def test_seed_reproducible_and_varies(model):
 
 def test_stops_at_eos(model):
     first = int(model.generate(np.array([9, 9, 9]), max_new_tokens=1).tokens[0])
-    eos_model = pl.Model(config=pl.ModelConfig(**{**CFG.__dict__, "eos_token_id": (first,)}),
-                         params=model.params)
+    eos_model = pl.Model(
+        config=pl.ModelConfig(**{**CFG.__dict__, "eos_token_id": (first,)}), params=model.params
+    )
     res = eos_model.generate(np.array([9, 9, 9]), max_new_tokens=10)
     assert res.stop_reason == "eos" and res.tokens.tolist() == [first]
 

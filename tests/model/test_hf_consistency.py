@@ -46,8 +46,9 @@ def test_token_by_token_decode_matches(hf_checkpoints, case, rng):
     got = [np.asarray(logits)]
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     for pos in range(4, SEQ - 1):
-        _, logits, cache = decode_step(model.params, cfg, cache, jnp.int32(tokens[pos]),
-                                       jnp.int32(pos), key, knobs)
+        _, logits, cache = decode_step(
+            model.params, cfg, cache, jnp.int32(tokens[pos]), jnp.int32(pos), key, knobs
+        )
         got.append(np.asarray(logits))
     assert np.abs(np.stack(got) - ref[3 : SEQ - 1]).max() <= TOL
 
@@ -59,9 +60,13 @@ def test_greedy_generation_matches_hf(hf_checkpoints):
     model = pl.load_pretrained(path)
     prompt = np.array([5, 17, 3, 88, 41], np.int32)
     with torch.no_grad():
-        hf = torch_model.generate(torch.as_tensor(prompt[None], dtype=torch.long),
-                                  max_new_tokens=8, do_sample=False, eos_token_id=None,
-                                  pad_token_id=0)[0, len(prompt):].numpy()
+        hf = torch_model.generate(
+            torch.as_tensor(prompt[None], dtype=torch.long),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prompt) :].numpy()
     ours = model.generate(prompt, max_new_tokens=8, stop_at_eos=False).tokens
     np.testing.assert_array_equal(ours, hf)
 

@@ -10,9 +10,18 @@ from safetensors.numpy import load_file, save_file
 
 import pi2lab as pl
 
-CFG = pl.ModelConfig(architecture="bamboo", vocab_size=97, hidden_size=48, intermediate_size=56,
-                     num_layers=2, num_heads=6, num_kv_heads=2, head_dim=10,
-                     ffn_activation="drelu", max_position_embeddings=64)
+CFG = pl.ModelConfig(
+    architecture="bamboo",
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=56,
+    num_layers=2,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=10,
+    ffn_activation="drelu",
+    max_position_embeddings=64,
+)
 
 
 @pytest.fixture
@@ -40,11 +49,12 @@ def test_sharded_checkpoint_loads(ckpt, tmp_path):
         shard = f"model-{i + 1:05d}-of-00002.safetensors"
         save_file({n: tensors[n] for n in part}, shard_dir / shard)
         weight_map |= dict.fromkeys(part, shard)
-    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map":
-                                                                        weight_map}))
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     tokens = np.arange(7)
-    np.testing.assert_array_equal(np.asarray(pl.load_pretrained(shard_dir).logits(tokens)),
-                                  np.asarray(pl.load_pretrained(ckpt).logits(tokens)))
+    np.testing.assert_array_equal(
+        np.asarray(pl.load_pretrained(shard_dir).logits(tokens)),
+        np.asarray(pl.load_pretrained(ckpt).logits(tokens)),
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -52,8 +62,10 @@ def test_half_precision_checkpoints_load(ckpt, tmp_path, dtype):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file as save_torch
 
-    tensors = {k: torch.from_numpy(v).to(getattr(torch, dtype))
-               for k, v in load_file(ckpt / "model.safetensors").items()}
+    tensors = {
+        k: torch.from_numpy(v).to(getattr(torch, dtype))
+        for k, v in load_file(ckpt / "model.safetensors").items()
+    }
     half = tmp_path / dtype
     half.mkdir()
     shutil.copy(ckpt / "config.json", half)
@@ -69,6 +81,7 @@ def test_half_precision_checkpoints_load(ckpt, tmp_path, dtype):
 
 
 # --- bad input: each names the file / tensor / field and what was expected -----------------
+
 
 def test_missing_directory(tmp_path):
     with pytest.raises(pl.CheckpointError, match="no such checkpoint directory"):
@@ -92,9 +105,11 @@ def test_tensor_shape_disagrees_with_config(ckpt):
     tensors = load_file(ckpt / "model.safetensors")
     tensors["model.layers.1.mlp.up_proj.weight"] = np.zeros((55, 48), np.float32)
     save_file(tensors, ckpt / "model.safetensors")
-    with pytest.raises(pl.CheckpointError,
-                       match=r"'model.layers.1.mlp.up_proj.weight' has shape \[55, 48\], "
-                             r"expected \[56, 48\]"):
+    with pytest.raises(
+        pl.CheckpointError,
+        match=r"'model.layers.1.mlp.up_proj.weight' has shape \[55, 48\], "
+        r"expected \[56, 48\]",
+    ):
         pl.load_pretrained(ckpt)
 
 
@@ -102,8 +117,9 @@ def test_missing_tensor(ckpt):
     tensors = load_file(ckpt / "model.safetensors")
     del tensors["model.layers.0.self_attn.k_proj.weight"]
     save_file(tensors, ckpt / "model.safetensors")
-    with pytest.raises(pl.CheckpointError,
-                       match="'model.layers.0.self_attn.k_proj.weight' is missing"):
+    with pytest.raises(
+        pl.CheckpointError, match="'model.layers.0.self_attn.k_proj.weight' is missing"
+    ):
         pl.load_pretrained(ckpt)
 
 

@@ -9,18 +9,31 @@ import pytest
 import pi2lab as pl
 from tests.reference_numpy import logits as numpy_logits
 
-BASE = dict(vocab_size=97, hidden_size=48, intermediate_size=56, num_layers=3, num_heads=6,
-            num_kv_heads=2, head_dim=10, max_position_embeddings=64, rope_theta=300.0)
+BASE = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=56,
+    num_layers=3,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=10,
+    max_position_embeddings=64,
+    rope_theta=300.0,
+)
 
 
-@pytest.mark.parametrize(("architecture", "activation", "threshold"), [
-    ("bamboo", "drelu", 0.0),
-    ("llama", "fatrelu", 0.15),
-    ("llama", "relu", 0.0),
-])
+@pytest.mark.parametrize(
+    ("architecture", "activation", "threshold"),
+    [
+        ("bamboo", "drelu", 0.0),
+        ("llama", "fatrelu", 0.15),
+        ("llama", "relu", 0.0),
+    ],
+)
 def test_matches_numpy_reference(tmp_path, architecture, activation, threshold, rng):
-    cfg = pl.ModelConfig(architecture=architecture, ffn_activation=activation,
-                         activation_threshold=threshold, **BASE)
+    cfg = pl.ModelConfig(
+        architecture=architecture, ffn_activation=activation, activation_threshold=threshold, **BASE
+    )
     params = pl.init_params(cfg, jax.random.key(1), std=0.2)
     pl.save_pretrained(pl.Model(config=cfg, params=params), tmp_path / "m")
     model = pl.load_pretrained(tmp_path / "m")
@@ -37,7 +50,10 @@ def test_activations_are_sparse_where_they_should_be(rng):
     assert len(acts) == cfg.num_layers and acts[0].shape == (9, cfg.intermediate_size)
     frac_zero = float(np.mean([np.mean(np.asarray(a) == 0) for a in acts]))
     assert 0.6 < frac_zero < 0.9  # dReLU on random weights: ~3/4 of neurons are zero
-    silu = pl.Model(config=dataclasses.replace(cfg, architecture="llama", ffn_activation="silu"),
-                    params=model.params)
-    assert all(np.mean(np.asarray(a) == 0) < 0.01
-               for a in pl.ffn_activations(silu, rng.integers(0, 97, 9)))
+    silu = pl.Model(
+        config=dataclasses.replace(cfg, architecture="llama", ffn_activation="silu"),
+        params=model.params,
+    )
+    assert all(
+        np.mean(np.asarray(a) == 0) < 0.01 for a in pl.ffn_activations(silu, rng.integers(0, 97, 9))
+    )

@@ -1,0 +1,44 @@
+# Set-up is part of every target: each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PROMPT ?= Return a new list containing
+
+.PHONY: demo test lint format lab bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev,notebook,reference]"
+	touch $@ $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(BIN)/pi2lab generate --model builtin --prompt "$(PROMPT)" --max-new-tokens 64
+
+test: $(VENV)/.dev lint
+	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check pi2lab tests
+	$(BIN)/ruff format --check pi2lab tests
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix pi2lab tests
+	$(BIN)/ruff format pi2lab tests
+
+lab: $(VENV)/.dev
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(VENV)/.base
+	$(BIN)/pi2lab bench dense
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
