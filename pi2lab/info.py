@@ -7,7 +7,7 @@ import os
 
 from pi2lab.errors import CheckpointError
 from pi2lab.model.params import tensor_specs
-from pi2lab.model.pretrained import _open, _weight_files, load_config, resolve
+from pi2lab.model.pretrained import load_config, open_safetensors, resolve, weight_files
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 
@@ -27,7 +27,7 @@ def component(path: tuple) -> str:
 def model_info(path_or_name: str | os.PathLike) -> dict:
     path = resolve(path_or_name)
     cfg = load_config(path)
-    where = _weight_files(path)
+    where = weight_files(path)
     handles = {}
     params = {"embeddings": 0, "attention": 0, "ffn": 0, "norms": 0}
     nbytes = dict.fromkeys(params, 0)
@@ -36,7 +36,7 @@ def model_info(path_or_name: str | os.PathLike) -> dict:
         file = where.get(spec.hf_name)
         if file is None:
             raise CheckpointError(f"{path}: tensor {spec.hf_name!r} is missing")
-        fh = handles.setdefault(file, _open(file))
+        fh = handles.setdefault(file, open_safetensors(file))
         meta = fh.get_slice(spec.hf_name)
         n = 1
         for s in meta.get_shape():

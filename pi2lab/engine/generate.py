@@ -78,9 +78,9 @@ def generate(
     cfg = model.config
     if max_new_tokens < 1:
         raise PromptError(f"max_new_tokens={max_new_tokens}: expected at least 1")
-    ids = model.encode(prompt) if isinstance(prompt, str) else prompt
     if isinstance(prompt, str) and not prompt.strip():
         raise PromptError("the prompt is empty: expected some text")
+    ids = model.encode(prompt) if isinstance(prompt, str) else prompt
     ids = check_tokens(ids, cfg)
     total = ids.size + max_new_tokens
     if total > cfg.max_position_embeddings:

@@ -145,23 +145,3 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float 
         hf = jax.random.normal(k, spec.hf_shape, jnp.float32) * scale
         leaves[spec.path] = spec.to_internal(np.asarray(hf))
     return assemble(cfg, leaves, dtype)
-
-
-def param_bytes_by_component(params: dict) -> dict[str, int]:
-    """Bytes held by embeddings (incl. LM head), attention, FFN (incl. router) and norms."""
-    out = {"embeddings": 0, "attention": 0, "ffn": 0, "norms": 0}
-    for name in ("embed", "lm_head"):
-        if name in params:
-            out["embeddings"] += params[name].nbytes
-    out["norms"] += params["final_norm"].nbytes
-    for p in params["layers"]:
-        for name, arr in p.items():
-            group = (
-                "attention"
-                if name in ("q", "k", "v", "o")
-                else "norms"
-                if name.endswith("norm")
-                else "ffn"
-            )
-            out[group] += arr.nbytes
-    return out

@@ -119,7 +119,7 @@ def load_config(path: Path) -> ModelConfig:
     return ModelConfig.from_hf(hf, source=str(cfg_file))
 
 
-def _weight_files(path: Path) -> dict[str, Path]:
+def weight_files(path: Path) -> dict[str, Path]:
     """Tensor name -> file that holds it (single file or sharded index)."""
     index = path / INDEX_FILE
     if index.is_file():
@@ -136,12 +136,12 @@ def _weight_files(path: Path) -> dict[str, Path]:
     single = path / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
-    return dict.fromkeys(_open(single).keys(), single)
+    return dict.fromkeys(open_safetensors(single).keys(), single)
 
 
-def _open(file: Path):
+def open_safetensors(file: Path):
     try:
-        return safetensors.safe_open(str(file), framework="numpy")
+        return safetensors.safeopen_safetensors(str(file), framework="numpy")
     except Exception as e:  # the Rust binding raises its own SafetensorError and OSErrors
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
 
@@ -169,7 +169,7 @@ def load_pretrained(path_or_name: str | os.PathLike = "builtin", *, dtype=jnp.fl
     """
     path = resolve(path_or_name)
     cfg = load_config(path)
-    where = _weight_files(path)
+    where = weight_files(path)
     handles: dict[Path, object] = {}
     leaves = {}
     specs = tensor_specs(cfg)
@@ -182,7 +182,7 @@ def load_pretrained(path_or_name: str | os.PathLike = "builtin", *, dtype=jnp.fl
                 f"{path}: tensor {spec.hf_name!r} is missing; expected shape {list(spec.hf_shape)}"
             )
         if file not in handles:
-            handles[file] = _open(file)
+            handles[file] = open_safetensors(file)
         fh = handles[file]
         try:
             meta = fh.get_slice(spec.hf_name)

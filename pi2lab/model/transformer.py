@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
 from pi2lab.config import ModelConfig
 from pi2lab.engine.state import KVCache
 from pi2lab.model import layers
+
+FfnFn = Callable[[int, jax.Array, jax.Array, dict], tuple[jax.Array, jax.Array]]
+
+
+def dense_ffn(cfg: ModelConfig) -> FfnFn:
+    """The dense FFN (all neurons, all experts) as a forward ``ffn`` hook."""
+    layer_fn = layers.moe_ffn if cfg.is_moe else layers.ffn
+    return lambda i, resid, h, p: layer_fn(h, p, cfg)
 
 
 def forward(
@@ -16,12 +26,16 @@ def forward(
     tokens: jax.Array,
     start: jax.Array | int = 0,
     cache: KVCache | None = None,
+    ffn: FfnFn | None = None,
 ) -> tuple[jax.Array, KVCache | None, list[jax.Array]]:
     """Runs the decoder over ``tokens [B, T]`` placed at positions ``start .. start+T-1``.
 
     With a ``cache``, the new keys/values are written at those positions and attention reads
     every cache slot (later slots are masked); without one, the tokens attend among themselves
     (training, and the plain dense forward).
+
+    ``ffn(layer, resid, h, layer_params) -> (out, act)`` replaces the dense FFN; it receives the
+    residual stream before the FFN norm (a predictor's input) and the normed input ``h``.
 
     Returns:
       logits ``[B, T, V]`` (float32), the updated cache (or None), and the FFN activations of
@@ -31,6 +45,7 @@ def forward(
     q_pos = start + jnp.arange(t)
     kv_pos = q_pos if cache is None else jnp.arange(cache.capacity)
     inv_freq = layers.rope_inv_freq(cfg)
+    ffn = ffn or dense_ffn(cfg)
     x = params["embed"][tokens]  # [B, T, D]
     new_k, new_v, acts = [], [], []
     for i, p in enumerate(params["layers"]):
@@ -50,7 +65,7 @@ def forward(
         att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)
         x = x + jnp.einsum("bthk,hkd->btd", att, p["o"])
         h = layers.rms_norm(x, p["ffn_norm"], cfg.rms_norm_eps)
-        out, act = (layers.moe_ffn if cfg.is_moe else layers.ffn)(h, p, cfg)
+        out, act = ffn(i, x, h, p)
         x = x + out
         acts.append(act)
     x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
