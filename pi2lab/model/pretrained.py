@@ -141,7 +141,7 @@ def weight_files(path: Path) -> dict[str, Path]:
 
 def open_safetensors(file: Path):
     try:
-        return safetensors.safeopen_safetensors(str(file), framework="numpy")
+        return safetensors.safe_open(str(file), framework="numpy")
     except Exception as e:  # the Rust binding raises its own SafetensorError and OSErrors
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
 
