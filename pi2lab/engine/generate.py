@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Literal
 
@@ -13,6 +14,7 @@ import numpy as np
 from pi2lab.engine.decode import decode_step, sample_first
 from pi2lab.engine.prefill import bucket, check_tokens, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.engine.state import KVCache
 from pi2lab.errors import PromptError
 
@@ -64,18 +66,28 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop_at_eos: bool = True,
-    engine: Literal["dense"] = "dense",
+    engine: Literal["dense", "sparse"] = "dense",
+    sparse: SparseDecoder | None = None,
 ) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 
     ``temperature=0`` is greedy. Sampling knobs are traced: changing them does not recompile.
+    ``engine="sparse"`` decodes with a sparse FFN set up by ``sparse`` (default: the oracle
+    predictor with every neuron cold, which reproduces dense decode); prefill stays dense and
+    both engines share one KV cache.
 
     Raises:
       PromptError: an empty prompt, or prompt plus new tokens longer than the context.
     """
-    if engine != "dense":
-        raise ValueError(f"engine={engine!r}: this build has the 'dense' engine")
     cfg = model.config
+    if engine == "dense":
+        step = functools.partial(decode_step, model.params, cfg)
+    elif engine == "sparse":
+        sparse = sparse or SparseDecoder.oracle(cfg)
+        sparse.plan.check(cfg)
+        step = functools.partial(sparse.step, model.params, cfg)
+    else:
+        raise ValueError(f"engine={engine!r}: expected 'dense' or 'sparse'")
     if max_new_tokens < 1:
         raise PromptError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     if isinstance(prompt, str) and not prompt.strip():
@@ -108,7 +120,7 @@ def generate(
     t_first = None
     pos = ids.size
     while stop == "length" and len(out) < max_new_tokens:
-        token, _, cache = decode_step(model.params, cfg, cache, token, jnp.int32(pos), key, knobs)
+        token, _, cache = step(cache, token, jnp.int32(pos), key, knobs)
         out.append(int(token))  # host sync: batch-1 decode is latency-bound anyway
         pos += 1
         if t_first is None:

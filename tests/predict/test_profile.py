@@ -1,0 +1,83 @@
+"""Activation traces and hot-first reordering."""
+
+import jax
+import numpy as np
+import pytest
+
+import pi2lab as pl
+from pi2lab.predict.profile import ActivationTrace, TraceError, profile
+from pi2lab.predict.reorder import reorder_model
+
+CFG = pl.ModelConfig(
+    architecture="bamboo",
+    ffn_activation="drelu",
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=60,
+    num_layers=2,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=10,
+    max_position_embeddings=128,
+)
+MOE = pl.ModelConfig(
+    **{**CFG.__dict__, "architecture": "mixtral", "num_experts": 3, "num_experts_per_tok": 2}
+)
+
+
+def model_of(cfg):
+    return pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(0), std=0.3))
+
+
+def test_trace_matches_activations_and_round_trips(tmp_path, rng):
+    model = model_of(CFG)
+    tokens = rng.integers(0, 97, 100).astype(np.int32)
+    trace = profile(model, tokens, chunk=32)
+    acts = pl.ffn_activations(model, tokens[:32])
+    np.testing.assert_array_equal(trace.active(1)[:32], np.asarray(acts[1]) != 0)
+    loaded = ActivationTrace.load(trace.save(tmp_path / "t.npz"))
+    np.testing.assert_array_equal(loaded.masks, trace.masks)
+    np.testing.assert_array_equal(loaded.counts(), trace.counts())
+    assert loaded.counts().shape == (2, 60)
+    np.testing.assert_allclose(loaded.sparsity(), 1 - loaded.frequency().mean(-1))
+    co = loaded.coactivation(0, np.arange(5))
+    fires = loaded.counts()[0, :5] > 0
+    np.testing.assert_allclose(np.diag(co)[fires], 1.0)
+
+
+def test_moe_trace_counts_routed_experts(rng):
+    trace = profile(model_of(MOE), rng.integers(0, 97, 40).astype(np.int32))
+    assert trace.routed.shape == (2, 40, 3)
+    assert (trace.routed.sum(-1) <= 2).all()
+    assert trace.counts().shape == (2, 3, 60)
+    assert ((trace.sparsity() > 0) & (trace.sparsity() < 1)).all()
+
+
+def test_reorder_is_hot_first_and_keeps_outputs(rng):
+    for cfg in (CFG, MOE):
+        model = model_of(cfg)
+        trace = profile(model, rng.integers(0, 97, 120).astype(np.int32))
+        reordered, _ = reorder_model(model, trace.counts())
+        tokens = rng.integers(0, 97, 15)
+        np.testing.assert_allclose(
+            np.asarray(reordered.logits(tokens)), np.asarray(model.logits(tokens)), atol=1e-5
+        )
+        counts = profile(reordered, trace.tokens).counts()
+        assert (np.diff(counts, axis=-1) <= 0).all()  # now sorted, hottest first
+
+
+def test_bad_trace_files(tmp_path):
+    with pytest.raises(TraceError, match="not found"):
+        ActivationTrace.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(TraceError, match="not a pi2lab activation trace"):
+        ActivationTrace.load(tmp_path / "junk.npz")
+    trace = ActivationTrace(
+        masks=np.zeros((1, 4, 2), np.uint8), tokens=np.zeros(4, np.int32), neurons=16, meta={}
+    )
+    path = trace.save(tmp_path / "t.npz")
+    data = dict(np.load(path))
+    data["meta"] = np.array('{"version": 99, "neurons": 16}')
+    np.savez(tmp_path / "v99.npz", **data)
+    with pytest.raises(TraceError, match="version 99"):
+        ActivationTrace.load(tmp_path / "v99.npz")
