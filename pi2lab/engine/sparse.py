@@ -23,6 +23,7 @@ from pi2lab.errors import ConfigError
 from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity, sparse_ffn
 from pi2lab.model.layers import ffn_activation, moe_routing
 from pi2lab.model.transformer import forward
+from pi2lab.predict.predictor import scores
 
 CLUSTER_SIZES = (64, 32, 16, 8, 4, 2, 1)
 
@@ -64,13 +65,6 @@ class SparsePlan:
             lp.check(cfg.intermediate_size, where=f"sparse plan layer {i}")
 
 
-def predictor_scores(pred: dict, resid: jax.Array) -> jax.Array:
-    """Low-rank MLP logits ``[F]`` from the residual stream ``resid [D]``:
-    ``fc2 @ relu(fc1 @ resid + b1) + b2`` (fc1 ``[r, D]``, fc2 ``[F, r]``)."""
-    hidden = jax.nn.relu(pred["fc1"] @ resid + pred["b1"])
-    return pred["fc2"] @ hidden + pred["b2"]
-
-
 def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     if pred is None:  # oracle: the true activations of the cold neurons
         cold = cfg.intermediate_size - lp.hot
@@ -86,7 +80,7 @@ def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     else:
         if expert is not None:
             pred = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, expert, 0, False), pred)
-        active = predictor_scores(pred, resid) > threshold
+        active = scores(pred, resid) > threshold
     return cluster_activity(active, lp)
 
 

@@ -1,0 +1,96 @@
+"""Predictor training, rank choice, metrics and save/load."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import pi2lab as pl
+from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.predict.predictor import (
+    PredictorConfig,
+    Predictors,
+    choose_rank,
+    collect,
+    metrics,
+    train_predictors,
+)
+
+CFG = pl.ModelConfig(
+    architecture="bamboo",
+    ffn_activation="drelu",
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=10,
+    max_position_embeddings=128,
+)
+PC = PredictorConfig(steps=300, batch_size=256, min_rank=4, max_rank=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pl.Model(config=CFG, params=pl.init_params(CFG, jax.random.key(0), std=0.3))
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(0).integers(0, 97, 3000).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def predictors(model, tokens):
+    return train_predictors(model, tokens, PC)
+
+
+def test_collect_pairs_inputs_with_true_masks(model, tokens):
+    inputs, masks = collect(model, tokens[:300], chunk=100)
+    assert inputs[0].shape == (300, 48) and masks[1].shape == (300, 64)
+    acts = pl.ffn_activations(model, tokens[:100])
+    np.testing.assert_array_equal(masks[1][:100], np.asarray(acts[1]) != 0)
+
+
+def test_rank_follows_the_data():
+    rng = np.random.default_rng(1)
+    low = (rng.normal(size=(2000, 3)) @ rng.normal(size=(3, 64))) > 0.5  # rank-3 structure
+    noise = rng.random((2000, 64)) < 0.3
+    pc = PredictorConfig(min_rank=1, max_rank=64)
+    assert choose_rank(low, pc) < choose_rank(noise, pc)
+
+
+def test_trained_predictors_beat_the_base_rate(predictors):
+    for row in predictors.report["layers"]:
+        assert row["recall"] > 0.65
+        assert row["precision"] > 2 * row["true_active"]  # far better than guessing
+        assert PC.min_rank <= row["rank"] <= PC.max_rank
+
+
+def test_threshold_trades_recall_for_active_fraction(predictors, model, tokens):
+    inputs, masks = collect(model, tokens[-300:])
+    lo = metrics(predictors.layers[0], inputs[0], masks[0], threshold=-2.0)
+    hi = metrics(predictors.layers[0], inputs[0], masks[0], threshold=2.0)
+    assert lo["recall"] >= hi["recall"] and lo["predicted_active"] > hi["predicted_active"]
+
+
+def test_save_load_and_decode(tmp_path, predictors, model):
+    predictors.save(tmp_path)
+    loaded = Predictors.load(tmp_path, CFG)
+    assert loaded.ranks == predictors.ranks and loaded.report == predictors.report
+    sparse = SparseDecoder(
+        plan=SparsePlan.uniform(CFG, hot=16, cluster_size=8), predictors=loaded.layers
+    )
+    res = model.generate(np.array([3, 4, 5]), max_new_tokens=5, engine="sparse", sparse=sparse)
+    assert res.tokens.size == 5
+
+
+def test_load_rejects_mismatched_model(tmp_path, predictors):
+    predictors.save(tmp_path)
+    other = dataclasses.replace(CFG, intermediate_size=72)
+    with pytest.raises(pl.CheckpointError, match="the model has 72 neurons"):
+        Predictors.load(tmp_path, other)
+    with pytest.raises(pl.CheckpointError, match="no predictors"):
+        Predictors.load(tmp_path / "nowhere", CFG)
