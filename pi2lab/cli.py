@@ -35,10 +35,29 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_generate(args) -> int:
-    from pi2lab.model.pretrained import load_pretrained
+def _load_for_engine(name: str, engine: str, threshold: float):
+    """The model, and for the sparse engine its decoder: trained predictors when the model
+    directory has them, else the oracle (exact, no speed-up), which is said on stderr."""
+    from pi2lab.engine.sparse import SparseDecoder
+    from pi2lab.model.pretrained import load_pretrained, resolve
+    from pi2lab.predict.predictor import PREDICTORS_FILE
+    from pi2lab.predict.sparsify import load_sparse
 
-    model = load_pretrained(args.model)
+    if engine == "dense":
+        return load_pretrained(name), None
+    if (resolve(name) / PREDICTORS_FILE).is_file():
+        return load_sparse(name, threshold=threshold)
+    model = load_pretrained(name)
+    print(
+        f"pi2lab: {PREDICTORS_FILE} not found beside the model; sparse decode uses the oracle "
+        "predictor",
+        file=sys.stderr,
+    )
+    return model, SparseDecoder.oracle(model.config)
+
+
+def _cmd_generate(args) -> int:
+    model, sparse = _load_for_engine(args.model, args.engine, args.threshold)
     res = model.generate(
         args.prompt,
         max_new_tokens=args.max_new_tokens,
@@ -46,6 +65,8 @@ def _cmd_generate(args) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
+        engine=args.engine,
+        sparse=sparse,
     )
     if args.json:
         print(json.dumps(res.to_json()))
@@ -55,6 +76,73 @@ def _cmd_generate(args) -> int:
             f"\n[{res.tokens.size} tokens, decode {res.decode_tokens_per_s:.1f} tokens/s, "
             f"prefill {res.prefill_s * 1e3:.0f} ms incl. compile, stop: {res.stop_reason}]"
         )
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from pi2lab.model.pretrained import load_pretrained
+    from pi2lab.predict.profile import profile
+    from pi2lab.train.corpus import corpus_tokens
+
+    model = load_pretrained(args.model)
+    tokens = corpus_tokens(model, args.split, args.tokens)
+    trace = profile(model, tokens, source=f"stdlib docstrings, {args.split} split")
+    path = trace.save(args.out)
+    sparsity = trace.sparsity()
+    summary = {
+        "out": str(path),
+        "tokens": trace.num_tokens,
+        "bytes": path.stat().st_size,
+        "sparsity_per_layer": [round(float(s), 4) for s in sparsity],
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_train_predictors(args) -> int:
+    from pi2lab.model.pretrained import load_pretrained, resolve
+    from pi2lab.predict.predictor import PredictorConfig
+    from pi2lab.predict.sparsify import report_table, sparsify
+    from pi2lab.train.corpus import corpus_tokens
+
+    model = load_pretrained(args.model)
+    tokens = corpus_tokens(model, "train", args.tokens)
+    pc = PredictorConfig(steps=args.steps, energy=args.energy)
+    result = sparsify(
+        model,
+        tokens,
+        pc=pc,
+        cluster_size=args.cluster_size,
+        hot_min_frequency=args.hot_min_frequency,
+    )
+    out = result.save(args.out or resolve(args.model))
+    if args.json:
+        print(
+            json.dumps({"out": str(out), **result.predictors.report, "plan": result.plan.to_json()})
+        )
+    else:
+        print(f"wrote {out}\n" + report_table(result.predictors, result.plan))
+    return 0
+
+
+def _cmd_fidelity(args) -> int:
+    from pi2lab.predict.fidelity import fidelity
+    from pi2lab.train.corpus import corpus_tokens
+
+    model, sparse = _load_for_engine(args.model, "sparse", 0.0)
+    tokens = corpus_tokens(model, "held_out", args.sequences * args.length)
+    seqs = [tokens[i * args.length : (i + 1) * args.length] for i in range(args.sequences)]
+    rows = fidelity(model, sparse, seqs, args.thresholds)
+    if args.json:
+        print(json.dumps({"tokens": int(sum(s.size for s in seqs)), "rows": rows}))
+    else:
+        print("threshold  ppl dense  ppl sparse  increase  greedy agreement  clusters computed")
+        for r in rows:
+            print(
+                f"{r['threshold']:>9.2f}  {r['perplexity_dense']:>9.2f}  "
+                f"{r['perplexity_sparse']:>10.2f}  {r['perplexity_increase']:>+8.2%}  "
+                f"{r['greedy_agreement']:>16.3f}  {r['cold_clusters_computed']:>17.3f}"
+            )
     return 0
 
 
@@ -90,8 +178,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=["dense", "sparse"], default="dense")
+    p.add_argument(
+        "--threshold", type=float, default=0.0, help="predictor logit threshold (sparse engine)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("profile", help="record FFN activation traces over the corpus")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--split", choices=["train", "held_out"], default="held_out")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser(
+        "train-predictors", help="reorder neurons hot-first, plan clusters, train predictors"
+    )
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--tokens", type=int, default=60000)
+    p.add_argument("--out", default=None, help="default: rewrite the model directory")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per layer")
+    p.add_argument("--energy", type=float, default=0.9, help="rank choice, see predictor.py")
+    p.add_argument("--cluster-size", type=int, default=16)
+    p.add_argument("--hot-min-frequency", type=float, default=0.3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_train_predictors)
+
+    p = sub.add_parser("fidelity", help="sparse decode against dense on held-out text")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--sequences", type=int, default=8)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[-1.0, 0.0, 1.0])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser("info", help="architecture, shapes, parameters and bytes by component")
     p.add_argument("--model", default="builtin")

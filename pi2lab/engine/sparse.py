@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs, sample
@@ -55,6 +56,32 @@ class SparsePlan:
             hot=hot, cluster_size=c, capacity=cold // c if capacity is None else capacity
         )
         return cls(layers=(plan,) * cfg.num_layers)
+
+    @classmethod
+    def from_frequency(
+        cls, frequency: np.ndarray, *, cluster_size: int = 16, hot_min_frequency: float = 0.3
+    ) -> SparsePlan:
+        """Per-layer plans from hot-first firing frequencies ``[L, F]`` (``[L, E, F]``): the hot
+        block covers the neurons firing on at least ``hot_min_frequency`` of tokens (every
+        expert's, for MoE), rounded up so the cold rest tiles into clusters."""
+        layers = []
+        for freq in np.asarray(frequency):
+            freq = freq.reshape(-1, freq.shape[-1]).max(0)  # worst expert for MoE
+            f = freq.size
+            hot = int(np.sum(freq >= hot_min_frequency))
+            hot = f - ((f - hot) // cluster_size) * cluster_size
+            cold = f - hot
+            layers.append(
+                ClusterPlan(hot=hot, cluster_size=cluster_size, capacity=cold // cluster_size)
+            )
+        return cls(layers=tuple(layers))
+
+    def to_json(self) -> list[dict]:
+        return [dataclasses.asdict(lp) for lp in self.layers]
+
+    @classmethod
+    def from_json(cls, rows: list[dict]) -> SparsePlan:
+        return cls(layers=tuple(ClusterPlan(**row) for row in rows))
 
     def check(self, cfg: ModelConfig) -> None:
         if len(self.layers) != cfg.num_layers:

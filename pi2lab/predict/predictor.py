@@ -271,8 +271,14 @@ def train_predictors(
 ) -> Predictors:
     """Collects (residual, active mask) pairs over ``tokens`` and trains every layer's
     predictor; metrics are measured on the last ``held_out_fraction`` of the tokens."""
-    cfg = model.config
     inputs, masks = collect(model, np.asarray(tokens, np.int32))
+    return fit_predictors(model.config, inputs, masks, pc)
+
+
+def fit_predictors(
+    cfg, inputs: list[np.ndarray], masks: list[np.ndarray], pc: PredictorConfig = PredictorConfig()
+) -> Predictors:
+    """Trains one predictor per layer (per expert) on collected pairs, see :func:`collect`."""
     n_train = int(len(inputs[0]) * (1 - pc.held_out_fraction))
     key = jax.random.key(pc.seed)
     layers, ranks, report = [], [], {"layers": [], "config": dataclasses.asdict(pc)}

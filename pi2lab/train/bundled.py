@@ -42,7 +42,7 @@ def bundled_config(vocab_size: int = 4096) -> ModelConfig:
 def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict:
     """Trains the bundled model into ``out`` and returns the figures its model card reports."""
     docs = corpus.stdlib_documents()
-    train_docs, held_docs = corpus.split(docs)
+    train_docs, held_docs = corpus.split_documents(docs)
     tok = train_bpe(train_docs, vocab_size)
     cfg = dataclasses.replace(
         bundled_config(tok.get_vocab_size()),

@@ -10,6 +10,10 @@ import sysconfig
 import zlib
 from pathlib import Path
 
+import numpy as np
+
+from pi2lab.errors import CheckpointError
+
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3"}
 HELD_OUT_EVERY = 20  # one document in 20 (by a hash of its name) is held out
 
@@ -47,7 +51,7 @@ def stdlib_documents() -> dict[str, str]:
     return docs
 
 
-def split(docs: dict[str, str]) -> tuple[list[str], list[str]]:
+def split_documents(docs: dict[str, str]) -> tuple[list[str], list[str]]:
     """Deterministic train / held-out split by a CRC of each document's name."""
     train, held_out = [], []
     for name, text in sorted(docs.items()):
@@ -61,3 +65,20 @@ def fingerprint(texts: list[str]) -> str:
     for t in texts:
         h.update(t.encode())
     return h.hexdigest()[:16]
+
+
+def corpus_tokens(model, split: str = "train", limit: int | None = None) -> np.ndarray:
+    """The corpus's ``split`` ("train" or "held_out") encoded with ``model``'s tokenizer, one
+    int32 stream with the model's EOS (if any) between documents, cut at ``limit`` tokens."""
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split={split!r}: expected 'train' or 'held_out'")
+    if model.tokenizer is None:
+        raise CheckpointError(f"{model.path}: no tokenizer.json; the corpus cannot be encoded")
+    docs = split_documents(stdlib_documents())[0 if split == "train" else 1]
+    eos = list(model.config.eos_token_id[:1])
+    out: list[int] = []
+    for enc in model.tokenizer.encode_batch(docs):
+        out += enc.ids + eos
+        if limit is not None and len(out) >= limit:
+            break
+    return np.asarray(out[:limit], np.int32)

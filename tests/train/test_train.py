@@ -19,8 +19,8 @@ TEXTS = [
 def test_corpus_split_is_deterministic_and_disjoint():
     docs = corpus.stdlib_documents()
     assert len(docs) > 300 and sum(map(len, docs.values())) > 1_000_000
-    train_docs, held = corpus.split(docs)
-    assert corpus.split(docs) == (train_docs, held)
+    train_docs, held = corpus.split_documents(docs)
+    assert corpus.split_documents(docs) == (train_docs, held)
     assert held and not set(held) & set(train_docs)
 
 

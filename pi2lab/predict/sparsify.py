@@ -1,0 +1,95 @@
+"""From a dense model to a sparse-decode-ready one: profile, hot-first reorder, plan, predictors.
+
+One dense pass over the text collects (residual, active mask) pairs; the firing counts give
+the hot-first order; the masks are permuted to that order and the predictors trained on them,
+so predictors, plan and weights all speak hot-first neuron indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
+from pi2lab.predict.predictor import PredictorConfig, Predictors, collect, fit_predictors
+from pi2lab.predict.reorder import hot_first_order, permute_params
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sparsified:
+    """A hot-first model with its sparse plan and trained predictors.
+
+    Attributes:
+      model: The model with neurons permuted hot-first (outputs unchanged).
+      predictors: Trained predictors in hot-first order.
+      plan: Hot block and clusters per layer.
+      frequency: Hot-first firing frequency per neuron ``[L, F]`` (``[L, E, F]``).
+    """
+
+    model: object
+    predictors: Predictors
+    plan: SparsePlan
+    frequency: np.ndarray
+
+    def decoder(self, threshold: float = 0.0) -> SparseDecoder:
+        return SparseDecoder(plan=self.plan, predictors=self.predictors.layers, threshold=threshold)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Writes the hot-first model and ``predictors.safetensors`` (with the plan) to ``out``."""
+        out = save_pretrained(self.model, out)
+        report = {**self.predictors.report, "plan": self.plan.to_json()}
+        dataclasses.replace(self.predictors, report=report).save(out)
+        return out
+
+
+def sparsify(
+    model,
+    tokens: np.ndarray,
+    *,
+    pc: PredictorConfig | None = None,
+    cluster_size: int = 16,
+    hot_min_frequency: float = 0.3,
+) -> Sparsified:
+    """Profiles ``model`` on ``tokens``, reorders it hot-first, plans and trains predictors."""
+    pc = pc or PredictorConfig()
+    inputs, masks = collect(model, np.asarray(tokens, np.int32))
+    counts = np.stack([m.sum(0) for m in masks])  # [L, F] or [L, E, F]
+    perm = hot_first_order(counts)
+    masks = [np.take_along_axis(m, p[None], axis=-1) for m, p in zip(masks, perm, strict=True)]
+    if model.config.is_moe:
+        seen = np.stack([m.any(-1).sum(0) for m in masks])[..., None]  # routed tokens [L, E, 1]
+    else:
+        seen = len(inputs[0])
+    frequency = np.take_along_axis(counts, perm, axis=-1) / np.maximum(seen, 1)
+    plan = SparsePlan.from_frequency(
+        frequency, cluster_size=cluster_size, hot_min_frequency=hot_min_frequency
+    )
+    reordered = dataclasses.replace(model, params=permute_params(model.params, perm))
+    predictors = fit_predictors(model.config, inputs, masks, pc)
+    return Sparsified(model=reordered, predictors=predictors, plan=plan, frequency=frequency)
+
+
+def load_sparse(path_or_name, *, threshold: float = 0.0):
+    """A model saved by :meth:`Sparsified.save` and its :class:`SparseDecoder`."""
+    path = resolve(path_or_name)
+    model = load_pretrained(path)
+    predictors = Predictors.load(path, model.config)
+    plan = SparsePlan.from_json(predictors.report["plan"])
+    plan.check(model.config)
+    return model, SparseDecoder(plan=plan, predictors=predictors.layers, threshold=threshold)
+
+
+def report_table(predictors: Predictors, plan: SparsePlan) -> str:
+    rows = ["layer  rank  hot  recall  precision  predicted  true"]
+    for row, lp in zip(predictors.report["layers"], plan.layers, strict=True):
+        rows.append(
+            f"{row['layer']:>5}  {row['rank']:>4}  {lp.hot:>3}  {row['recall']:.3f}   "
+            f"{row['precision']:.3f}      {row['predicted_active']:.3f}      "
+            f"{row['true_active']:.3f}"
+        )
+    return "\n".join(rows) + "\n" + json.dumps({"plan": plan.to_json()[0]})
