@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
-    p.add_argument("what", choices=["dense"])
+    p.add_argument("what", choices=["dense", "sparse"])
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
     p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")

@@ -107,6 +107,8 @@ def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     else:
         if expert is not None:
             pred = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, expert, 0, False), pred)
+        if "clusters" in pred:  # replayed cold-cluster masks (benchmarks, trace replay)
+            return pred["clusters"]
         active = scores(pred, resid) > threshold
     return cluster_activity(active, lp)
 
@@ -154,8 +156,10 @@ def sparse_decode_step(
 ):
     """Like :func:`pi2lab.engine.decode.decode_step` with a sparse FFN.
 
-    ``predictors`` is a list of per-layer predictor dicts, or None for the oracle; ``threshold``
-    (a traced logit threshold) marks a neuron active when its score exceeds it.
+    ``predictors`` is a list of per-layer predictor dicts (``fc1, b1, fc2, b2``, or
+    ``clusters``: a replayed ``[NC]`` cold-cluster mask for this token), or None for the
+    oracle; ``threshold`` (a traced logit threshold) marks a neuron active when its score
+    exceeds it.
 
     Returns the next token, logits ``[V]``, the cache and active cold clusters per layer ``[L]``.
     """

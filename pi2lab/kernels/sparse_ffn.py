@@ -5,7 +5,7 @@ block, computed densely every token; the rest are cold, grouped into clusters of
 contiguous neurons, and only clusters the predictor marks active are computed. Each active
 cluster's gate/up/down rows are read in place with ``dynamic_slice`` inside a loop whose trip
 count is the number of active clusters: a gather of rows would materialise a copy, which is
-slower than dense under XLA on the CPU (see ANCHORS.md).
+slower than dense under XLA on the CPU.
 
 When more clusters are active than ``capacity`` (the static size of the index buffer), the
 kernel falls back to a masked dense pass that computes exactly the same neurons, so the result

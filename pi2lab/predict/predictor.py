@@ -308,3 +308,21 @@ def fit_predictors(
         ranks.append(rank)
         report["layers"].append({"layer": i, "rank": rank, **m})
     return Predictors(layers=layers, ranks=tuple(ranks), report=report)
+
+
+def threshold_sweep(
+    predictors: Predictors, inputs: list[np.ndarray], masks: list[np.ndarray], thresholds
+) -> dict[str, np.ndarray]:
+    """Recall, precision and predicted-active fraction per threshold and layer,
+    ``[n_thresholds, L]`` each (dense models; the threshold is traced, so one compile)."""
+    rows = [
+        [
+            metrics(p, x, y, float(t))
+            for p, x, y in zip(predictors.layers, inputs, masks, strict=True)
+        ]
+        for t in thresholds
+    ]
+    return {
+        k: np.array([[m[k] for m in row] for row in rows])
+        for k in ("recall", "precision", "predicted_active", "true_active")
+    }

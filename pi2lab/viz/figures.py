@@ -31,3 +31,87 @@ def sparsity_by_layer(sparsity: np.ndarray, *, title: str = "FFN activation spar
         height=360,
     )
     return fig
+
+
+def frequency_rank(frequency: np.ndarray) -> go.Figure:
+    """Neuron firing frequency against its rank, one line per layer, log-log.
+    ``frequency [L, F]`` (experts flattened into neurons for MoE)."""
+    fig = go.Figure()
+    for i, freq in enumerate(np.asarray(frequency)):
+        f = np.sort(freq.reshape(-1))[::-1]
+        f = f[f > 0]
+        fig.add_trace(go.Scatter(x=np.arange(1, f.size + 1), y=f, mode="lines", name=f"layer {i}"))
+    fig.update_layout(
+        title="Neuron firing frequency by rank",
+        xaxis_type="log",
+        yaxis_type="log",
+        xaxis_title="neuron rank (hottest first)",
+        yaxis_title="fraction of tokens it fires on",
+        template="plotly_white",
+        height=380,
+    )
+    return fig
+
+
+def coverage(frequency: np.ndarray) -> go.Figure:
+    """Share of all activations made by the top x% of neurons, one line per layer."""
+    fig = go.Figure()
+    for i, freq in enumerate(np.asarray(frequency)):
+        f = np.sort(freq.reshape(-1))[::-1]
+        share = np.cumsum(f) / max(f.sum(), 1e-12)
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(1, f.size + 1) / f.size, y=share, mode="lines", name=f"layer {i}"
+            )
+        )
+    fig.update_layout(
+        title="Activations covered by the hottest neurons",
+        xaxis_title="share of neurons (hottest first)",
+        yaxis_title="share of activations",
+        xaxis_tickformat=".0%",
+        yaxis_tickformat=".0%",
+        template="plotly_white",
+        height=380,
+    )
+    return fig
+
+
+def coactivation_heatmap(matrix: np.ndarray, neurons: np.ndarray, *, title: str) -> go.Figure:
+    """``P(column fires | row fires)`` for a neuron subset."""
+    labels = [str(n) for n in neurons]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=labels,
+            y=labels,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            colorbar_title="P(j | i)",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="neuron j",
+        yaxis_title="neuron i",
+        yaxis_autorange="reversed",
+        template="plotly_white",
+        height=460,
+    )
+    return fig
+
+
+def threshold_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray]) -> go.Figure:
+    """Mean-over-layers metric curves against the predictor threshold."""
+    fig = go.Figure()
+    for name, values in curves.items():
+        fig.add_trace(
+            go.Scatter(x=thresholds, y=np.asarray(values), mode="lines+markers", name=name)
+        )
+    fig.update_layout(
+        xaxis_title="predictor threshold (logit)",
+        template="plotly_white",
+        yaxis_tickformat=".0%",
+        height=360,
+    )
+    return fig

@@ -1,19 +1,17 @@
-"""``pi2lab bench``: decode throughput measured on this machine.
-
-``dense``: tokens/s of the jitted dense decode step on the bundled model and on a synthetic
-model with Llama-7B layer shapes (random weights), with the weight bytes each token reads and
-the bandwidth that implies (compare with ANCHORS: ~25-30 GB/s for F32 decode on 2 cores).
+"""``pi2lab bench dense``: tokens/s of the jitted dense decode step on the bundled model and
+on a synthetic model with Llama-7B layer shapes (random weights), with the weight bytes each
+token reads and the bandwidth that implies (F32 decode reaches ~25-30 GB/s on a 2-core x86 CPU).
 """
 
 from __future__ import annotations
 
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi2lab.bench import machine
 from pi2lab.config import ModelConfig
 from pi2lab.engine.decode import decode_step
 from pi2lab.engine.prefill import bucket, pad, prefill
@@ -87,13 +85,7 @@ def bench_dense(
     synthetic = time_decode(params7b, cfg7b, steps=max(4, steps // 4))
     return {
         "bench": "dense",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "devices": len(jax.devices()),
-        },
+        "machine": machine(),
         "bundled": {
             "model": str(model.path.name),
             "layers": model.config.num_layers,
@@ -111,26 +103,3 @@ def bench_dense(
             **synthetic,
         },
     }
-
-
-BENCHES = {"dense": bench_dense}
-
-
-def run(what: str, **kwargs) -> dict:
-    return BENCHES[what](**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def format_table(result: dict) -> str:
-    lines = [
-        f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
-        f"jax {result['machine']['jax']})"
-    ]
-    for name, row in result.items():
-        if isinstance(row, dict) and "tokens_per_s" in row:
-            lines.append(
-                f"  {name:<14} {row['tokens_per_s']:>9.2f} tokens/s   "
-                f"{row['weight_mb_per_token']:>8.1f} MB weights/token   "
-                f"{row['implied_gb_per_s']:>5.1f} GB/s implied   "
-                f"(runs: {row['runs_tokens_per_s']})"
-            )
-    return "\n".join(lines)
