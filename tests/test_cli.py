@@ -1,5 +1,6 @@
 """The pi2lab CLI: JSON output, and one line with exit status 2 on bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -79,3 +80,83 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("pi2lab ")
+
+
+def test_sparse_engine_generates_like_dense_with_the_oracle(tmp_path):
+    """Without predictors beside the model, --engine sparse uses the oracle: same tokens."""
+    from pi2lab.train.tokenizer import train_bpe
+
+    tok = train_bpe([f"word{i} and word{i + 1} then more words" for i in range(50)], 300)
+    cfg = dataclasses.replace(CFG, vocab_size=tok.get_vocab_size())
+    params = pl.init_params(cfg, jax.random.key(1), std=0.2)
+    path = pl.save_pretrained(
+        pl.Model(config=cfg, params=params, tokenizer=tok), tmp_path / "with-tok"
+    )
+    outs = {}
+    for engine in ("dense", "sparse"):
+        proc = run_cli(
+            "generate",
+            "--model",
+            str(path),
+            "--prompt",
+            "word3 and",
+            "--engine",
+            engine,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs[engine] = json.loads(proc.stdout)["text"]
+        if engine == "sparse":
+            assert "oracle" in proc.stderr
+    assert outs["dense"] == outs["sparse"]
+
+
+def test_profile_train_predictors_fidelity_pipeline(tmp_path):
+    trace = tmp_path / "trace.npz"
+    proc = run_cli("profile", "--model", "builtin", "--tokens", "300", "--out", str(trace))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["tokens"] == 300 and trace.is_file()
+    assert all(0.5 < s < 1 for s in summary["sparsity_per_layer"])
+
+    out = tmp_path / "sparse-model"
+    proc = run_cli(
+        "train-predictors",
+        "--model",
+        "builtin",
+        "--tokens",
+        "2000",
+        "--steps",
+        "20",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (
+        len(report["layers"]) == len(report["plan"]) and (out / "predictors.safetensors").is_file()
+    )
+
+    proc = run_cli(
+        "fidelity",
+        "--model",
+        str(out),
+        "--sequences",
+        "1",
+        "--length",
+        "16",
+        "--thresholds",
+        "-100",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)["rows"][0]
+    assert abs(row["perplexity_increase"]) < 1e-3 and row["greedy_agreement"] == 1.0
+
+
+def test_profile_refuses_a_model_without_tokenizer(ckpt, tmp_path):
+    proc = run_cli("profile", "--model", str(ckpt), "--out", str(tmp_path / "t.npz"))
+    assert proc.returncode == 2 and "no tokenizer.json" in proc.stderr
