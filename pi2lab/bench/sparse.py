@@ -13,6 +13,7 @@ computes, predictors, LM head), the speed-up if time were proportional to bytes 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -27,7 +28,7 @@ from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
 from pi2lab.engine.state import KVCache
 from pi2lab.kernels.sparse_ffn import sparse_ffn
-from pi2lab.model.layers import rms_norm
+from pi2lab.model.layers import ffn_activation, rms_norm
 from pi2lab.model.params import init_params
 from pi2lab.model.transformer import forward
 from pi2lab.predict.predictor import scores
@@ -98,6 +99,10 @@ def _interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
     return out
 
 
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
 def _time(fn, *args, n: int = 20) -> float:
     """Median seconds of a jitted call."""
     jax.block_until_ready(fn(*args))
@@ -153,14 +158,55 @@ def breakdown(
     head_s = _time(head, params)
     attention_s = max(no_ffn_s - head_s, 0.0)
     other_s = max(step_s - attention_s - hot_s - cold_s - pred_s, 0.0)
-    ms = lambda s: round(s * 1e3, 3)
     return {
-        "predictor_ms": ms(pred_s),
-        "attention_ms": ms(attention_s),
-        "hot_ffn_ms": ms(hot_s),
-        "cold_ffn_ms": ms(cold_s),
-        "other_ms": ms(other_s),
-        "step_ms": ms(step_s),
+        "predictor_ms": _ms(pred_s),
+        "attention_ms": _ms(attention_s),
+        "hot_ffn_ms": _ms(hot_s),
+        "cold_ffn_ms": _ms(cold_s),
+        "other_ms": _ms(other_s),
+        "step_ms": _ms(step_s),
+    }
+
+
+def formulations(params, cfg: ModelConfig, plan: SparsePlan, masks: np.ndarray) -> dict:
+    """One layer's FFN for one token four ways, milliseconds: dense; the active neurons
+    gathered as rows (``W[idx]`` materialises a copy); the cluster loop reading in place (the
+    kernel); and masked dense (the kernel's overflow path). Same clusters for all but dense."""
+    p, lp = params["layers"][0], plan.layers[0]
+    kind, thr = cfg.ffn_activation, cfg.activation_threshold
+    x = jnp.ones(cfg.hidden_size, params["embed"].dtype) * 0.1
+    clusters = masks[0]
+    neurons = np.concatenate(
+        [
+            np.arange(lp.hot),
+            lp.hot
+            + (
+                np.flatnonzero(clusters)[:, None] * lp.cluster_size + np.arange(lp.cluster_size)
+            ).reshape(-1),
+        ]
+    ).astype(np.int32)
+
+    @jax.jit
+    def dense(p):
+        return ffn_activation(p["gate"] @ x, p["up"] @ x, kind, thr) @ p["down"]
+
+    @jax.jit
+    def gather(p, idx):
+        h = ffn_activation(p["gate"][idx] @ x, p["up"][idx] @ x, kind, thr)
+        return h @ p["down"][idx]
+
+    overflow = dataclasses.replace(lp, capacity=0)
+    kernel = jax.jit(lambda p, c: sparse_ffn(x, p["gate"], p["up"], p["down"], c, lp, kind, thr))
+    masked = jax.jit(
+        lambda p, c: sparse_ffn(x, p["gate"], p["up"], p["down"], c, overflow, kind, thr)
+    )
+    return {
+        "dense_ms": _ms(_time(dense, p)),
+        "row_gather_ms": _ms(_time(gather, p, neurons)),
+        "cluster_loop_ms": _ms(_time(kernel, p, clusters)),
+        "masked_dense_ms": _ms(_time(masked, p, clusters)),
+        "neurons_computed": int(neurons.size),
+        "neurons": cfg.intermediate_size,
     }
 
 
@@ -279,6 +325,7 @@ def bench_synthetic(
     masks = np.stack([sample_cluster_masks(rng, freq, lp, steps) for lp in plan.layers], 1)
     replay = [[{"clusters": masks[i, layer]} for layer in range(layers)] for i in range(steps)]
     out = _compare(params, cfg, plan, lambda i: replay[i % steps], masks, steps, repeats, 0)
+    out["formulations"] = formulations(params, cfg, plan, masks[0])
     k = jax.random.key(seed + 1)
     pred = [
         {
