@@ -97,6 +97,9 @@ def sparse_ffn(
         out = out + h @ _rows(down, expert, 0, plan.hot)
     if plan.num_clusters(gate.shape[-2]) == 0:
         return out.astype(x.dtype)
+    if plan.capacity == 0:  # no index buffer: every token takes the masked dense path
+        out = out + _masked_cold(x, gate, up, down, active_clusters, plan, kind, threshold, expert)
+        return out.astype(x.dtype)
     count = jnp.sum(active_clusters, dtype=jnp.int32)
     idx = jnp.nonzero(active_clusters, size=plan.capacity, fill_value=0)[0]  # [capacity]
     c = plan.cluster_size

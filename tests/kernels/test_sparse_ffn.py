@@ -40,20 +40,21 @@ def test_matches_reference_including_overflow(hot, c, density, seed, kind):
     rng = np.random.default_rng(seed)
     nc = (F - hot) // c
     active = jnp.asarray(rng.random(nc) < density)
-    plan = ClusterPlan(hot=hot, cluster_size=c, capacity=nc // 2)  # overflows when dense
+    plan = ClusterPlan(hot=hot, cluster_size=c, capacity=nc // 3)  # overflows when dense
     x = jnp.asarray(rng.normal(size=D), jnp.float32)
     got = kernel(x, gate, up, down, active, plan=plan, kind=kind, threshold=0.1)
     want = sparse_ffn_reference(x, gate, up, down, active, plan, kind, 0.1)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
-def test_oracle_clusters_reproduce_dense_ffn():
+@pytest.mark.parametrize("capacity", [0, 3, 10])
+def test_oracle_clusters_reproduce_dense_ffn(capacity):
     gate, up, down = weights(3)
     x = jnp.asarray(np.random.default_rng(3).normal(size=D), jnp.float32)
     act = jax.nn.relu(gate @ x) * jax.nn.relu(up @ x)
-    plan = ClusterPlan(hot=16, cluster_size=8, capacity=10)
+    plan = ClusterPlan(hot=16, cluster_size=8, capacity=capacity)
     active = cluster_activity(act != 0, plan)
-    assert 0 < int(active.sum()) < active.size
+    assert 3 < int(active.sum()) < active.size  # capacity 3 overflows
     got = kernel(x, gate, up, down, active, plan=plan, kind="drelu")
     np.testing.assert_allclose(np.asarray(got), np.asarray(act @ down), atol=1e-5)
 
