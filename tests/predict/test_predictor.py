@@ -94,3 +94,26 @@ def test_load_rejects_mismatched_model(tmp_path, predictors):
         Predictors.load(tmp_path, other)
     with pytest.raises(pl.CheckpointError, match="no predictors"):
         Predictors.load(tmp_path / "nowhere", CFG)
+
+
+def test_moe_sparsify_trains_one_predictor_per_expert(tmp_path, rng):
+    from pi2lab.predict.sparsify import load_sparse, sparsify
+
+    cfg = dataclasses.replace(CFG, architecture="mixtral", num_experts=3, num_experts_per_tok=2)
+    model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(2), std=0.3))
+    result = sparsify(
+        model,
+        rng.integers(0, 97, 600).astype(np.int32),
+        pc=dataclasses.replace(PC, steps=30),
+        cluster_size=8,
+    )
+    assert result.predictors.layers[0]["fc2"].shape[:2] == (3, 64)  # [E, F, r]
+    assert result.frequency.shape == (2, 3, 64)
+    result.save(tmp_path / "moe")
+    loaded, sparse = load_sparse(tmp_path / "moe", threshold=-1e9)  # every neuron predicted
+    prompt = np.array([4, 8, 15, 16])
+    want = model.generate(prompt, max_new_tokens=6, stop_at_eos=False).tokens
+    got = loaded.generate(
+        prompt, max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
+    ).tokens
+    np.testing.assert_array_equal(got, want)
