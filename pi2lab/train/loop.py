@@ -6,7 +6,8 @@ penalty is weighted by how often it fires in the batch: with a uniform weight, r
 neurons were pushed to never firing (10% dead on held-out text after 300 steps in our first
 run). ``l1`` is not fixed: after warm-up a multiplicative controller steers the measured
 per-token sparsity of each batch towards ``target_sparsity`` (a fixed coefficient either
-undershoots or, a little higher, kills neurons outright).
+undershoots or, a little higher, kills neurons outright). Neurons that still stop firing
+altogether are re-initialised during the first part of the run (see ``resample_dead``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class TrainConfig:
       l1_gain: Controller gain: ``l1 *= exp(gain * (target - sparsity))`` per step.
       eval_every: Steps between held-out evaluations; the best checkpoint is kept.
       eval_sequences: Held-out sequences per evaluation.
+      resample_every: Steps per window; FFN neurons that never fired in a window are
+        re-initialised (dense FFNs; the dead-neuron resampling of sparse autoencoders).
+      resample_until: Share of the run after which no more neurons are resampled.
       seed: Seed of initialisation and batch sampling.
     """
 
@@ -62,6 +66,8 @@ class TrainConfig:
     l1_gain: float = 0.05
     eval_every: int = 100
     eval_sequences: int = 64
+    resample_every: int = 100
+    resample_until: float = 0.6
     seed: int = 0
 
 
@@ -80,15 +86,16 @@ def _loss(params, cfg: ModelConfig, batch, l1):
     ce = -jnp.mean(jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1))
     l1_term = sum(_frequency_weighted_l1(a) for a in acts) / len(acts)
     sparsity = sum(jnp.mean(a == 0) for a in acts) / len(acts)
-    return ce + l1 * l1_term, (ce, sparsity)
+    fired = jnp.stack([jnp.sum(a != 0, axis=(0, 1)) for a in acts])  # [L, F] token counts
+    return ce + l1 * l1_term, (ce, sparsity, fired)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "optimizer"), donate_argnums=(0, 1))
 def _train_step(params, opt_state, batch, l1, lr, cfg: ModelConfig, optimizer):
-    grads, (ce, sparsity) = jax.grad(_loss, has_aux=True)(params, cfg, batch, l1)
+    grads, (ce, sparsity, fired) = jax.grad(_loss, has_aux=True)(params, cfg, batch, l1)
     opt_state.hyperparams["learning_rate"] = lr
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, ce, sparsity
+    return optax.apply_updates(params, updates), opt_state, ce, sparsity, fired
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -98,6 +105,28 @@ def _eval_step(params, batch, cfg: ModelConfig):
     nll = -jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1)[..., 0]
     fired = jnp.stack([jnp.sum(a != 0, axis=(0, 1)) for a in acts])  # [L, F] token counts
     return jnp.sum(nll), fired
+
+
+def resample_dead(
+    params: dict, dead: np.ndarray, rng: np.random.Generator, std: float = 0.02
+) -> tuple[dict, int]:
+    """Re-initialises the FFN neurons marked ``dead [L, F]``: fresh random gate and up rows
+    (so the neuron fires again on about a quarter of tokens) and a zero down row (so the
+    model's output does not jump). Returns the parameters and how many were resampled."""
+    layers = []
+    for p, mask in zip(params["layers"], dead, strict=True):
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            shape, dtype = (2, rows.size, p["gate"].shape[-1]), p["gate"].dtype
+            gate, up = jnp.asarray(rng.normal(0.0, std, shape), dtype)
+            p = {
+                **p,
+                "gate": p["gate"].at[rows].set(gate),
+                "up": p["up"].at[rows].set(up),
+                "down": p["down"].at[rows].set(0.0),
+            }
+        layers.append(p)
+    return {**params, "layers": layers}, int(dead.sum())
 
 
 def held_out_stats(params, cfg: ModelConfig, sequences: np.ndarray) -> dict:
@@ -159,6 +188,7 @@ def train(
     eval_seqs = jnp.asarray(make_sequences(held_out_stream, tc.seq_len, tc.eval_sequences))
     best, best_ppl, history = None, float("inf"), []
     l1 = 0.0
+    window, total_resampled = 0, 0
     t0 = time.perf_counter()
     step = 0
     bar = tqdm(total=tc.steps, desc="train", unit="step")
@@ -175,10 +205,17 @@ def train(
         )
         starts = rng.integers(0, train_stream.size - tc.seq_len - 1, tc.batch_size)
         batch = jnp.asarray(np.stack([train_stream[s : s + tc.seq_len + 1] for s in starts]))
-        params, opt_state, ce, sparsity = _train_step(
+        params, opt_state, ce, sparsity, fired = _train_step(
             params, opt_state, batch, jnp.float32(l1), jnp.float32(lr), cfg, optimizer
         )
         ce, sparsity = float(ce), float(sparsity)
+        window = window + np.asarray(fired, np.int64)
+        resampled = 0
+        if (step + 1) % tc.resample_every == 0:
+            if frac < tc.resample_until and not cfg.is_moe:
+                params, resampled = resample_dead(params, window == 0, rng)
+                total_resampled += resampled
+            window = 0
         if frac >= warm:  # the controller starts after warm-up
             l1 = tc.l1_init if l1 == 0.0 else l1
             l1 = float(
@@ -200,6 +237,7 @@ def train(
                 "held_out_perplexity": stats["perplexity"],
                 "held_out_sparsity": float(np.mean(stats["sparsity_per_layer"])),
                 "held_out_dead": float(np.mean(stats["dead_fraction_per_layer"])),
+                "resampled_total": total_resampled,
             }
             history.append(record)
             log(record)

@@ -121,3 +121,30 @@ def test_model_card_reports_figures():
     }
     text = model_card(bundled_config(), card)
     assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.350 |" in text
+
+
+def test_resample_dead_reinitialises_only_dead_neurons():
+    import jax
+
+    from pi2lab.train.loop import resample_dead
+
+    cfg = dataclasses.replace(
+        bundled_config(300),
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+    )
+    params = pl.init_params(cfg, jax.random.key(0))
+    dead = np.zeros((2, 64), bool)
+    dead[1, [3, 40]] = True
+    new, count = resample_dead(params, dead, np.random.default_rng(0))
+    assert count == 2
+    np.testing.assert_array_equal(new["layers"][0]["gate"], params["layers"][0]["gate"])
+    changed = np.any(
+        np.asarray(new["layers"][1]["gate"]) != np.asarray(params["layers"][1]["gate"]), axis=1
+    )
+    np.testing.assert_array_equal(np.flatnonzero(changed), [3, 40])
+    assert not np.asarray(new["layers"][1]["down"])[[3, 40]].any()
