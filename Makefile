@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROMPT ?= Return a new list containing
 
-.PHONY: demo test lint format lab bench clean
+.PHONY: demo test lint format lab bench notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(VENV)/.dev
 
 lab: $(VENV)/.dev
 	$(BIN)/jupyter lab notebooks/
+
+# Re-run the notebooks in smoke mode and keep only the contract cells' outputs.
+notebooks: $(VENV)/.dev
+	CI=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+	$(BIN)/nbstripout --keep-count notebooks/*.ipynb
 
 bench: $(VENV)/.base
 	$(BIN)/pi2lab bench dense

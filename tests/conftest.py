@@ -40,6 +40,25 @@ HF_CASES = {
 }
 
 
+def tiny_config(**overrides):
+    """A tiny dReLU config with a different size on every axis; ``overrides`` change fields."""
+    import pi2lab as pl
+
+    base = dict(
+        architecture="bamboo",
+        ffn_activation="drelu",
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=56,
+        num_layers=2,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=10,
+        max_position_embeddings=64,
+    )
+    return pl.ModelConfig(**{**base, **overrides})
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory):
     """``{case: (directory, torch model)}`` for the HF_CASES, seeded and saved once."""

@@ -10,19 +10,9 @@ import pytest
 
 import pi2lab as pl
 from pi2lab.cli import main
+from tests.conftest import tiny_config
 
-CFG = pl.ModelConfig(
-    architecture="bamboo",
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=56,
-    num_layers=2,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    ffn_activation="drelu",
-    max_position_embeddings=64,
-)
+CFG = tiny_config()
 
 
 @pytest.fixture(scope="module")

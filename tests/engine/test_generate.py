@@ -6,19 +6,10 @@ import pytest
 
 import pi2lab as pl
 from pi2lab.engine.traces import TRACE_COUNTS
+from tests.conftest import tiny_config
 
-CFG = pl.ModelConfig(
-    architecture="mistral",
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=56,
-    num_layers=2,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    ffn_activation="relu",
-    max_position_embeddings=200,
-    sliding_window=7,
+CFG = tiny_config(
+    architecture="mistral", ffn_activation="relu", max_position_embeddings=200, sliding_window=7
 )
 
 

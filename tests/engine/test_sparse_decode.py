@@ -13,23 +13,13 @@ from pi2lab.engine.traces import TRACE_COUNTS
 from pi2lab.kernels.sparse_ffn import ClusterPlan
 from pi2lab.predict.profile import profile
 from pi2lab.predict.reorder import reorder_model
+from tests.conftest import tiny_config
 
-BASE = dict(
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=64,
-    num_layers=3,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    max_position_embeddings=128,
-)
+BASE = dict(intermediate_size=64, num_layers=3, max_position_embeddings=128)
 CONFIGS = {
-    "relu": pl.ModelConfig(architecture="llama", ffn_activation="relu", **BASE),
-    "drelu": pl.ModelConfig(architecture="bamboo", ffn_activation="drelu", **BASE),
-    "moe": pl.ModelConfig(
-        architecture="mixtral", ffn_activation="drelu", num_experts=4, num_experts_per_tok=2, **BASE
-    ),
+    "relu": tiny_config(architecture="llama", ffn_activation="relu", **BASE),
+    "drelu": tiny_config(**BASE),
+    "moe": tiny_config(architecture="mixtral", num_experts=4, num_experts_per_tok=2, **BASE),
 }
 
 

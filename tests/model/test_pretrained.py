@@ -9,19 +9,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import pi2lab as pl
+from tests.conftest import tiny_config
 
-CFG = pl.ModelConfig(
-    architecture="bamboo",
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=56,
-    num_layers=2,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    ffn_activation="drelu",
-    max_position_embeddings=64,
-)
+CFG = tiny_config()
 
 
 @pytest.fixture

@@ -7,19 +7,10 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
+from tests.conftest import tiny_config
 from tests.reference_numpy import logits as numpy_logits
 
-BASE = dict(
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=56,
-    num_layers=3,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    max_position_embeddings=64,
-    rope_theta=300.0,
-)
+BASE = dict(num_layers=3, rope_theta=300.0)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +22,7 @@ BASE = dict(
     ],
 )
 def test_matches_numpy_reference(tmp_path, architecture, activation, threshold, rng):
-    cfg = pl.ModelConfig(
+    cfg = tiny_config(
         architecture=architecture, ffn_activation=activation, activation_threshold=threshold, **BASE
     )
     params = pl.init_params(cfg, jax.random.key(1), std=0.2)
@@ -44,7 +35,7 @@ def test_matches_numpy_reference(tmp_path, architecture, activation, threshold, 
 
 
 def test_activations_are_sparse_where_they_should_be(rng):
-    cfg = pl.ModelConfig(architecture="bamboo", ffn_activation="drelu", **BASE)
+    cfg = tiny_config(**BASE)
     model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(2), std=0.2))
     acts = pl.ffn_activations(model, rng.integers(0, cfg.vocab_size, 9))
     assert len(acts) == cfg.num_layers and acts[0].shape == (9, cfg.intermediate_size)

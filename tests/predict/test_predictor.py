@@ -16,19 +16,9 @@ from pi2lab.predict.predictor import (
     metrics,
     train_predictors,
 )
+from tests.conftest import tiny_config
 
-CFG = pl.ModelConfig(
-    architecture="bamboo",
-    ffn_activation="drelu",
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    max_position_embeddings=128,
-)
+CFG = tiny_config(intermediate_size=64, max_position_embeddings=128)
 PC = PredictorConfig(steps=300, batch_size=256, min_rank=4, max_rank=32)
 
 

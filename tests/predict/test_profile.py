@@ -1,5 +1,7 @@
 """Activation traces and hot-first reordering."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -7,22 +9,10 @@ import pytest
 import pi2lab as pl
 from pi2lab.predict.profile import ActivationTrace, TraceError, profile
 from pi2lab.predict.reorder import reorder_model
+from tests.conftest import tiny_config
 
-CFG = pl.ModelConfig(
-    architecture="bamboo",
-    ffn_activation="drelu",
-    vocab_size=97,
-    hidden_size=48,
-    intermediate_size=60,
-    num_layers=2,
-    num_heads=6,
-    num_kv_heads=2,
-    head_dim=10,
-    max_position_embeddings=128,
-)
-MOE = pl.ModelConfig(
-    **{**CFG.__dict__, "architecture": "mixtral", "num_experts": 3, "num_experts_per_tok": 2}
-)
+CFG = tiny_config(intermediate_size=60, max_position_embeddings=128)
+MOE = dataclasses.replace(CFG, architecture="mixtral", num_experts=3, num_experts_per_tok=2)
 
 
 def model_of(cfg):
