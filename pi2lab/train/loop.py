@@ -48,8 +48,11 @@ class TrainConfig:
       l1_gain: Controller gain: ``l1 *= exp(gain * (target - sparsity))`` per step.
       eval_every: Steps between held-out evaluations; the best checkpoint is kept.
       eval_sequences: Held-out sequences per evaluation.
-      resample_every: Steps per window; FFN neurons that never fired in a window are
-        re-initialised (dense FFNs; the dead-neuron resampling of sparse autoencoders).
+      resample_every: Steps per window; FFN neurons that fired fewer than
+        ``resample_min_fires`` times in a window are re-initialised (dense FFNs; the
+        dead-neuron resampling of sparse autoencoders). With the defaults that is a firing
+        rate under 5e-5, at which a neuron is likely silent on a 20K-token held-out text.
+      resample_min_fires: See ``resample_every``.
       resample_until: Share of the run after which no more neurons are resampled.
       seed: Seed of initialisation and batch sampling.
     """
@@ -67,6 +70,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_sequences: int = 64
     resample_every: int = 100
+    resample_min_fires: int = 20
     resample_until: float = 0.6
     seed: int = 0
 
@@ -213,7 +217,7 @@ def train(
         resampled = 0
         if (step + 1) % tc.resample_every == 0:
             if frac < tc.resample_until and not cfg.is_moe:
-                params, resampled = resample_dead(params, window == 0, rng)
+                params, resampled = resample_dead(params, window < tc.resample_min_fires, rng)
                 total_resampled += resampled
             window = 0
         if frac >= warm:  # the controller starts after warm-up
