@@ -50,7 +50,10 @@ class PredictorConfig:
       batch_size: Samples per step.
       learning_rate: Adam learning rate (cosine-decayed).
       positive_weight: BCE weight of active neurons; None = sqrt((1 - p) / p).
-      held_out_fraction: Share of samples kept for the reported metrics.
+      held_out_fraction: Share of samples kept for calibration and the reported metrics.
+      target_recall: If set, each predictor's output bias is shifted after training so that
+        at threshold 0 it recalls this share of the held-out active neurons (a missed
+        neuron changes the output; an extra one only costs time).
       seed: Initialisation and sampling seed.
     """
 
@@ -62,6 +65,7 @@ class PredictorConfig:
     learning_rate: float = 3e-3
     positive_weight: float | None = None
     held_out_fraction: float = 0.1
+    target_recall: float | None = 0.99
     seed: int = 0
 
 
@@ -150,6 +154,17 @@ def _confusion(pred, x, y, threshold):
     return jnp.stack(
         [jnp.sum(guess & y), jnp.sum(guess & ~y), jnp.sum(~guess & y), jnp.float32(y.size)]
     )
+
+
+def calibrate(pred: dict, x: np.ndarray, y: np.ndarray, target_recall: float) -> dict:
+    """Shifts ``b2`` so that threshold 0 recalls ``target_recall`` of the active neurons in
+    ``(x, y)``: the cut is that quantile of the scores of the true positives."""
+    s = np.asarray(scores(pred, jnp.asarray(x)))
+    positives = s[np.asarray(y, bool)]
+    if positives.size == 0:
+        return pred
+    cut = float(np.quantile(positives, 1.0 - target_recall))
+    return {**pred, "b2": pred["b2"] - cut}
 
 
 def metrics(pred: dict, x: np.ndarray, y: np.ndarray, threshold: float = 0.0) -> dict:
@@ -278,34 +293,34 @@ def train_predictors(
 def fit_predictors(
     cfg, inputs: list[np.ndarray], masks: list[np.ndarray], pc: PredictorConfig = PredictorConfig()
 ) -> Predictors:
-    """Trains one predictor per layer (per expert) on collected pairs, see :func:`collect`."""
-    n_train = int(len(inputs[0]) * (1 - pc.held_out_fraction))
+    """Trains one predictor per layer (per expert) on collected pairs, see :func:`collect`.
+
+    The last ``held_out_fraction`` of the samples is split in two: the first half calibrates
+    the bias (``target_recall``), the second gives the reported metrics.
+    """
+    n = len(inputs[0])
+    n_train = int(n * (1 - pc.held_out_fraction))
+    bounds = [(0, n_train), (n_train, (n_train + n) // 2), ((n_train + n) // 2, n)]
     key = jax.random.key(pc.seed)
     layers, ranks, report = [], [], {"layers": [], "config": dataclasses.asdict(pc)}
     for i in tqdm(range(cfg.num_layers), desc="predictors", unit="layer"):
         x, y = inputs[i], masks[i]
         rank = choose_rank(y[:n_train], pc)
-        if cfg.is_moe:  # one predictor per expert, trained on the tokens routed to it
-            routed = y.any(-1)  # [N, E]
-            preds = []
-            for e in range(cfg.num_experts):
-                rows = np.flatnonzero(routed[:n_train, e])
-                preds.append(
-                    train_one(x[rows], y[rows, e], rank, pc, jax.random.fold_in(key, i * 1000 + e))
-                )
-            pred = jax.tree.map(lambda *a: jnp.stack(a), *preds)
-            held = [
-                metrics(
-                    preds[e], x[n_train:][routed[n_train:, e]], y[n_train:, e][routed[n_train:, e]]
-                )
-                for e in range(cfg.num_experts)
-            ]
-            m = {k: float(np.mean([h[k] for h in held])) for k in held[0]}
-        else:
-            pred = train_one(x[:n_train], y[:n_train], rank, pc, jax.random.fold_in(key, i))
-            m = metrics(pred, x[n_train:], y[n_train:])
+        # MoE: one predictor per expert, on the tokens routed to it; dense: one "expert"
+        ys = [y[:, e] for e in range(cfg.num_experts)] if cfg.is_moe else [y]
+        preds, held = [], []
+        for e, ye in enumerate(ys):
+            routed = ye.any(-1) if cfg.is_moe else np.ones(n, bool)
+            rows, cal, rep = (lo + np.flatnonzero(routed[lo:hi]) for lo, hi in bounds)
+            pred = train_one(x[rows], ye[rows], rank, pc, jax.random.fold_in(key, i * 1000 + e))
+            if pc.target_recall is not None:
+                pred = calibrate(pred, x[cal], ye[cal], pc.target_recall)
+            preds.append(pred)
+            held.append(metrics(pred, x[rep], ye[rep]))
+        pred = jax.tree.map(lambda *a: jnp.stack(a), *preds) if cfg.is_moe else preds[0]
         layers.append(pred)
         ranks.append(rank)
+        m = {k: float(np.mean([h[k] for h in held])) for k in held[0]}
         report["layers"].append({"layer": i, "rank": rank, **m})
     return Predictors(layers=layers, ranks=tuple(ranks), report=report)
 

@@ -52,10 +52,11 @@ def test_rank_follows_the_data():
     assert choose_rank(low, pc) < choose_rank(noise, pc)
 
 
-def test_trained_predictors_beat_the_base_rate(predictors):
-    for row in predictors.report["layers"]:
-        assert row["recall"] > 0.65
-        assert row["precision"] > 2 * row["true_active"]  # far better than guessing
+def test_calibrated_predictors_reach_the_recall_target(predictors):
+    for row in predictors.report["layers"]:  # measured on samples calibration did not see
+        assert row["recall"] > 0.95
+        assert row["predicted_active"] < 0.95  # still skips neurons
+        assert row["precision"] > row["true_active"]  # better than guessing
         assert PC.min_rank <= row["rank"] <= PC.max_rank
 
 
