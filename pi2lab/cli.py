@@ -11,7 +11,7 @@ from pi2lab.errors import Pi2labError
 
 
 def _cmd_train(args) -> int:
-    from pi2lab.train.bundled import train_bundled
+    from pi2lab.train.bundled import train_bundled, write_card
     from pi2lab.train.loop import TrainConfig
 
     tc = TrainConfig(
@@ -24,7 +24,10 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
     )
-    card = train_bundled(Path(args.out), tc, vocab_size=args.vocab_size)
+    if args.card_only:
+        card = write_card(Path(args.out))
+    else:
+        card = train_bundled(Path(args.out), tc, vocab_size=args.vocab_size)
     summary = {
         "out": args.out,
         **card["held_out"],
@@ -228,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sparsity", type=float, default=0.9)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument(
+        "--card-only",
+        action="store_true",
+        help="re-measure and rewrite the model card of the model in --out",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_train)

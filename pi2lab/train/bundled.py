@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from pi2lab.config import ModelConfig
-from pi2lab.model.pretrained import Model, save_pretrained
+from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
 from pi2lab.train import baselines, corpus
 from pi2lab.train.loop import TrainConfig, held_out_stats, make_sequences, train
 from pi2lab.train.tokenizer import BOS, EOS, encode_documents, train_bpe
@@ -41,28 +41,56 @@ def bundled_config(vocab_size: int = 4096) -> ModelConfig:
 
 def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict:
     """Trains the bundled model into ``out`` and returns the figures its model card reports."""
-    docs = corpus.stdlib_documents()
-    train_docs, held_docs = corpus.split_documents(docs)
+    train_docs, held_docs = corpus.split_documents(corpus.stdlib_documents())
     tok = train_bpe(train_docs, vocab_size)
     cfg = dataclasses.replace(
         bundled_config(tok.get_vocab_size()),
         bos_token_id=tok.token_to_id(BOS),
         eos_token_id=(tok.token_to_id(EOS),),
     )
-    train_stream = encode_documents(tok, train_docs)
-    held_stream = encode_documents(tok, held_docs)
-    records: list[dict] = []
 
     def log(r):
-        records.append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    params, history = train(cfg, tc, train_stream, held_stream, log=log)
-    train_s = time.perf_counter() - t0
-    stats = held_out_stats(params, cfg, make_sequences(held_stream, tc.seq_len))
-    bigram, lam = baselines.bigram_perplexity(train_stream, held_stream, cfg.vocab_size)
+    params, history = train(
+        cfg, tc, encode_documents(tok, train_docs), encode_documents(tok, held_docs), log=log
+    )
     steps = history[-1]["step"]
+    training = {
+        **dataclasses.asdict(tc),
+        "steps_run": steps,
+        "tokens_seen": steps * tc.batch_size * tc.seq_len,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "machine": platform.machine(),
+        "final_l1": next((r["l1"] for r in reversed(history) if "l1" in r), None),
+    }
+    model = Model(config=cfg, params=params, tokenizer=tok)
+    save_pretrained(
+        model,
+        out,
+        extra_files={
+            "train_log.jsonl": "".join(json.dumps(r) + "\n" for r in history),
+            "card.json": json.dumps({"training": training}, indent=2) + "\n",
+        },
+    )
+    return write_card(out)
+
+
+def write_card(path: Path) -> dict:
+    """Measures the figures of the model card of the model in ``path`` (whose ``card.json``
+    holds its training record) and writes ``README.md`` and ``card.json``."""
+    path = Path(path)
+    model = load_pretrained(path)
+    cfg, tok, params = model.config, model.tokenizer, model.params
+    training = json.loads((path / "card.json").read_text())["training"]
+    train_docs, held_docs = corpus.split_documents(corpus.stdlib_documents())
+    train_stream = encode_documents(tok, train_docs)
+    held_stream = encode_documents(tok, held_docs)
+    seq_len = training["seq_len"]
+    stats = held_out_stats(params, cfg, make_sequences(held_stream, seq_len))
+    on_train = held_out_stats(params, cfg, make_sequences(train_stream, seq_len, limit=1600))
+    bigram, lam = baselines.bigram_perplexity(train_stream, held_stream, cfg.vocab_size)
     card = {
         "parameters": int(sum(a.size for a in jax.tree.leaves(params))),
         "corpus": {
@@ -76,15 +104,7 @@ def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict
             "tokens_held_out": int(held_stream.size),
             "fingerprint": corpus.fingerprint(train_docs + held_docs),
         },
-        "training": {
-            **dataclasses.asdict(tc),
-            "steps_run": steps,
-            "tokens_seen": steps * tc.batch_size * tc.seq_len,
-            "epochs": steps * tc.batch_size * tc.seq_len / train_stream.size,
-            "train_seconds": round(train_s, 1),
-            "machine": platform.machine(),
-            "final_l1": next((r["l1"] for r in reversed(history) if "l1" in r), None),
-        },
+        "training": {**training, "epochs": training["tokens_seen"] / train_stream.size},
         "held_out": {
             "perplexity": stats["perplexity"],
             "tokens": stats["tokens"],
@@ -95,20 +115,16 @@ def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict
             "bigram_lambda": lam,
         },
         "sparsity": {
-            k: stats[k]
-            for k in ("sparsity_per_layer", "dead_fraction_per_layer", "top10_share_per_layer")
+            **{
+                k: stats[k]
+                for k in ("sparsity_per_layer", "dead_fraction_per_layer", "top10_share_per_layer")
+            },
+            "train_tokens_checked": on_train["tokens"],
+            "dead_on_train_per_layer": on_train["dead_fraction_per_layer"],
         },
     }
-    model = Model(config=cfg, params=params, tokenizer=tok)
-    save_pretrained(
-        model,
-        out,
-        extra_files={
-            "README.md": model_card(cfg, card),
-            "train_log.jsonl": "".join(json.dumps(r) + "\n" for r in history),
-            "card.json": json.dumps(card, indent=2) + "\n",
-        },
-    )
+    (path / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (path / "README.md").write_text(model_card(cfg, card))
     return card
 
 
@@ -117,11 +133,12 @@ def model_card(cfg: ModelConfig, card: dict) -> str:
     c, t, h, s = card["corpus"], card["training"], card["held_out"], card["sparsity"]
     n_params = card["parameters"]
     rows = "\n".join(
-        f"| {i} | {sp:.3f} | {dead:.3f} | {top:.3f} |"
-        for i, (sp, dead, top) in enumerate(
+        f"| {i} | {sp:.3f} | {dead:.3f} | {dead_train:.3f} | {top:.3f} |"
+        for i, (sp, dead, dead_train, top) in enumerate(
             zip(
                 s["sparsity_per_layer"],
                 s["dead_fraction_per_layer"],
+                s["dead_on_train_per_layer"],
                 s["top10_share_per_layer"],
                 strict=True,
             )
@@ -130,7 +147,12 @@ def model_card(cfg: ModelConfig, card: dict) -> str:
     bigram = h["bigram_perplexity"]
     means = " | ".join(
         f"{np.mean(s[k]):.3f}"
-        for k in ("sparsity_per_layer", "dead_fraction_per_layer", "top10_share_per_layer")
+        for k in (
+            "sparsity_per_layer",
+            "dead_fraction_per_layer",
+            "dead_on_train_per_layer",
+            "top10_share_per_layer",
+        )
     )
     return f"""# pydoc-drelu — pi2lab's bundled sparse model
 
@@ -169,11 +191,13 @@ checkpoint with the best held-out perplexity in the second half of the run is ke
 
 ## FFN activation sparsity (held-out text)
 Sparsity: mean fraction of a layer's neurons whose activation is exactly zero, per token.
-Dead: fraction of neurons that never fire on the held-out text. Top-10% share: share of all
+Dead: fraction of neurons that never fire on the held-out text; dead (train): the same on the
+first {s["train_tokens_checked"]:,} training tokens, which separates neurons that never fire
+from neurons tied to topics the held-out documents lack. Top-10% share: share of all
 activations made by the 10% most frequently firing neurons.
 
-| layer | sparsity | dead | top-10% share |
-|---|---|---|---|
+| layer | sparsity | dead | dead (train) | top-10% share |
+|---|---|---|---|---|
 {rows}
 | mean | {means} |
 

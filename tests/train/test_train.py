@@ -116,11 +116,13 @@ def test_model_card_reports_figures():
         "sparsity": {
             "sparsity_per_layer": [0.9, 0.8],
             "dead_fraction_per_layer": [0.0, 0.1],
+            "dead_on_train_per_layer": [0.0, 0.02],
+            "train_tokens_checked": 99,
             "top10_share_per_layer": [0.3, 0.4],
         },
     }
     text = model_card(bundled_config(), card)
-    assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.350 |" in text
+    assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.010 | 0.350 |" in text
 
 
 def test_resample_dead_reinitialises_only_dead_neurons():
