@@ -16,7 +16,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
 from pi2lab.train import baselines, corpus
 from pi2lab.train.loop import TrainConfig, held_out_stats, make_sequences, train
-from pi2lab.train.tokenizer import BOS, EOS, encode_documents, train_bpe
+from pi2lab.train.tokenizer import EOS, encode_documents, train_bpe
 
 
 def bundled_config(vocab_size: int = 4096) -> ModelConfig:
@@ -34,7 +34,7 @@ def bundled_config(vocab_size: int = 4096) -> ModelConfig:
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
-        bos_token_id=0,
+        bos_token_id=1,  # EOS doubles as BOS, see train_bundled
         eos_token_id=(1,),
     )
 
@@ -43,10 +43,11 @@ def train_bundled(out: Path, tc: TrainConfig, *, vocab_size: int = 4096) -> dict
     """Trains the bundled model into ``out`` and returns the figures its model card reports."""
     train_docs, held_docs = corpus.split_documents(corpus.stdlib_documents())
     tok = train_bpe(train_docs, vocab_size)
+    # Documents are separated by EOS in the training stream, so a prompt starts after one:
+    # EOS doubles as BOS (as in GPT-2).
+    eos = tok.token_to_id(EOS)
     cfg = dataclasses.replace(
-        bundled_config(tok.get_vocab_size()),
-        bos_token_id=tok.token_to_id(BOS),
-        eos_token_id=(tok.token_to_id(EOS),),
+        bundled_config(tok.get_vocab_size()), bos_token_id=eos, eos_token_id=(eos,)
     )
 
     def log(r):
