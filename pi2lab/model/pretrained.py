@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pi2lab.config import ModelConfig
 from pi2lab.errors import CheckpointError, ConfigError
+from pi2lab.fileio import make_readable
 from pi2lab.model.params import assemble, leaf, tensor_specs
 
 BUILTIN = "pydoc-drelu"
@@ -235,6 +236,9 @@ def save_pretrained(
             model.tokenizer.save(str(tmp / "tokenizer.json"))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        make_readable(tmp, directory=True)
+        for file in tmp.iterdir():
+            make_readable(file)
         if path.exists():  # keep other files (predictors, logs); replace ours one by one
             for file in tmp.iterdir():
                 os.replace(file, path / file.name)

@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pi2lab.engine.prefill import bucket, check_tokens, pad
 from pi2lab.errors import CheckpointError
+from pi2lab.fileio import atomic_file
 from pi2lab.model.transformer import dense_ffn, forward
 
 PREDICTORS_FILE = "predictors.safetensors"
@@ -224,22 +224,13 @@ class Predictors:
             for i, layer in enumerate(self.layers)
             for k, v in layer.items()
         }
-        fd, tmp = tempfile.mkstemp(prefix=".predictors.", dir=directory)
-        os.close(fd)
-        try:
-            safetensors.numpy.save_file(
-                tensors,
-                tmp,
-                metadata={
-                    "format": "pi2lab-predictors-1",
-                    "ranks": json.dumps(list(self.ranks)),
-                    "report": json.dumps(self.report),
-                },
-            )
-            os.replace(tmp, directory / PREDICTORS_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        metadata = {
+            "format": "pi2lab-predictors-1",
+            "ranks": json.dumps(list(self.ranks)),
+            "report": json.dumps(self.report),
+        }
+        with atomic_file(directory / PREDICTORS_FILE) as tmp:
+            safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata)
         return directory / PREDICTORS_FILE
 
     @classmethod

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from pi2lab.engine.prefill import ffn_activations
 from pi2lab.errors import Pi2labError
+from pi2lab.fileio import atomic_file
 
 TRACE_VERSION = 1
 
@@ -96,19 +96,12 @@ class ActivationTrace:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the ``.npz`` atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "version": TRACE_VERSION, "neurons": self.neurons}
         arrays = {"masks": self.masks, "tokens": self.tokens, "meta": np.array(json.dumps(meta))}
         if self.routed is not None:
             arrays["routed"] = self.routed
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
         return path
 
     @classmethod
