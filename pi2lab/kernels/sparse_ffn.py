@@ -15,6 +15,7 @@ never depends on the capacity, only the speed does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -86,48 +87,34 @@ def sparse_ffn(
       gate, up, down: neuron-major ``[F, D]`` (or ``[E, F, D]`` with ``expert`` an int32 index).
       active_clusters: ``[NC]`` bool, the cold clusters to compute.
     """
-    out = jnp.zeros(x.shape[-1], jnp.float32)
-    if plan.hot:
-        h = ffn_activation(
-            _rows(gate, expert, 0, plan.hot) @ x,
-            _rows(up, expert, 0, plan.hot) @ x,
-            kind,
-            threshold,
-        )
-        out = out + h @ _rows(down, expert, 0, plan.hot)
-    if plan.num_clusters(gate.shape[-2]) == 0:
-        return out.astype(x.dtype)
-    if plan.capacity == 0:  # no index buffer: every token takes the masked dense path
-        out = out + _masked_cold(x, gate, up, down, active_clusters, plan, kind, threshold, expert)
-        return out.astype(x.dtype)
+    c, f = plan.cluster_size, gate.shape[-2]
     count = jnp.sum(active_clusters, dtype=jnp.int32)
-    idx = jnp.nonzero(active_clusters, size=plan.capacity, fill_value=0)[0]  # [capacity]
-    c = plan.cluster_size
 
-    def one_cluster(i, acc):
-        start = plan.hot + idx[i] * c
-        h = ffn_activation(
-            _rows(gate, expert, start, c) @ x, _rows(up, expert, start, c) @ x, kind, threshold
+    def block(start, size, mask=None):
+        rows = functools.partial(_rows, expert=expert, start=start, size=size)
+        h = ffn_activation(rows(gate) @ x, rows(up) @ x, kind, threshold)
+        return (h if mask is None else h * mask) @ rows(down)
+
+    def hot_and_clusters(_):
+        # dynamic_slice, not a static slice: XLA copies a static slice of a parameter first
+        out = block(0, plan.hot) if plan.hot else jnp.zeros(x.shape[-1], x.dtype)
+        if plan.capacity == 0:
+            return out
+        idx = jnp.nonzero(active_clusters, size=plan.capacity, fill_value=0)[0]  # [capacity]
+        return jax.lax.fori_loop(
+            0, count, lambda i, acc: acc + block(plan.hot + idx[i] * c, c), out
         )
-        return acc + h @ _rows(down, expert, start, c)
 
-    def clusters(acc):
-        return jax.lax.fori_loop(0, count, one_cluster, acc)
+    def masked_dense(_):
+        # whole matrices with the other neurons zeroed: the same neurons at dense speed
+        # (slicing the cold part off would make XLA copy it)
+        mask = jnp.concatenate([jnp.ones(plan.hot, bool), jnp.repeat(active_clusters, c)])
+        return block(0, f, mask)
 
-    def masked_dense(acc):
-        return acc + _masked_cold(x, gate, up, down, active_clusters, plan, kind, threshold, expert)
-
-    out = jax.lax.cond(count <= plan.capacity, clusters, masked_dense, out)
+    if plan.num_clusters(f) == 0:
+        return hot_and_clusters(None).astype(x.dtype)
+    out = jax.lax.cond(count <= plan.capacity, hot_and_clusters, masked_dense, None)
     return out.astype(x.dtype)
-
-
-def _masked_cold(x, gate, up, down, active_clusters, plan, kind, threshold, expert):
-    f = gate.shape[-2]
-    cold = f - plan.hot
-    g = _rows(gate, expert, plan.hot, cold) @ x
-    u = _rows(up, expert, plan.hot, cold) @ x
-    mask = jnp.repeat(active_clusters, plan.cluster_size)
-    return (ffn_activation(g, u, kind, threshold) * mask) @ _rows(down, expert, plan.hot, cold)
 
 
 def sparse_ffn_reference(
