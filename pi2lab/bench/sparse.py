@@ -115,12 +115,12 @@ def _time(fn, *args, n: int = 20) -> float:
 
 
 def breakdown(
-    params, cfg: ModelConfig, plan: SparsePlan, masks: np.ndarray, predictors, step_s: float
+    params, cfg: ModelConfig, plan: SparsePlan, masks: list[np.ndarray], predictors, step_s: float
 ) -> dict:
     """Per-token milliseconds by part, from parts jitted and timed on their own: predictor,
     attention (the step with a zero FFN, less embedding/head), hot FFN, cold FFN (the
-    clusters of ``masks [L, NC]``), and other (embedding, LM head, sampling, and whatever the
-    whole step costs beyond the sum of its parts)."""
+    clusters of ``masks``, one ``[NC]`` per layer), and other (embedding, LM head, sampling,
+    and whatever the whole step costs beyond the sum of its parts)."""
     x = jnp.ones(cfg.hidden_size, params["embed"].dtype) * 0.1
     layers = params["layers"]
     kind, thr = cfg.ffn_activation, cfg.activation_threshold
@@ -210,8 +210,10 @@ def formulations(params, cfg: ModelConfig, plan: SparsePlan, masks: np.ndarray) 
     }
 
 
-def _compare(params, cfg, plan, predictors_at, masks, steps, repeats, pred_params) -> dict:
-    """Dense and sparse decode interleaved; ``predictors_at(i)`` gives step i's predictors."""
+def _compare(params, cfg, plan, predictors_at, counts, sample, steps, repeats, pred_params) -> dict:
+    """Dense and sparse decode interleaved; ``predictors_at(i)`` gives step i's predictors,
+    ``counts [T, L]`` the active cold clusters per step and layer, ``sample`` one step's
+    per-layer cluster masks (for the breakdown)."""
     key, knobs, thr = jax.random.key(0), SamplingKnobs.make(), jnp.float32(0.0)
 
     def dense(i, cache, token, pos):
@@ -233,7 +235,8 @@ def _compare(params, cfg, plan, predictors_at, masks, steps, repeats, pred_param
     )
     med = {k: float(np.median(v)) for k, v in rates.items()}
     itemsize = params["embed"].dtype.itemsize
-    mean_clusters = masks.mean(0).sum(-1)  # [L]
+    mean_clusters = counts.mean(0)  # [L]
+    n_clusters = np.array([lp.num_clusters(cfg.intermediate_size) for lp in plan.layers])
     dense_b = _bytes(cfg, itemsize)
     sparse_b = _bytes(cfg, itemsize, plan, mean_clusters, pred_params)
     speedup = med["sparse"] / med["dense"]
@@ -247,14 +250,14 @@ def _compare(params, cfg, plan, predictors_at, masks, steps, repeats, pred_param
         "fraction_of_bound": round(speedup / bound, 3),
         "dense_mb_per_token": round(dense_b / 1e6, 2),
         "sparse_mb_per_token": round(sparse_b / 1e6, 2),
-        "cold_clusters_computed": round(float(masks.mean()), 4),
+        "cold_clusters_computed": round(float(np.mean(counts / np.maximum(n_clusters, 1))), 4),
         "hot_neurons_per_layer": [lp.hot for lp in plan.layers],
         "cluster_size": plan.layers[0].cluster_size,
         "breakdown": breakdown(
             params,
             cfg,
             plan,
-            masks[0],
+            sample,
             predictors_at(0) if pred_params else None,
             1.0 / med["sparse"],
         ),
@@ -269,20 +272,20 @@ def bench_bundled(steps: int, repeats: int, threshold: float = 0.0) -> dict:
 
     model, sparse = load_sparse("builtin", threshold=threshold)
     cfg = model.config
-    # masks the predictors choose on real text, for the bytes bound and the breakdown
+    # clusters the predictors choose on real text, for the bytes bound and the breakdown
     _, counts = sparse_logits(model, sparse, corpus_tokens(model, "held_out", steps + 1))
-    nc = np.array([lp.num_clusters(cfg.intermediate_size) for lp in sparse.plan.layers])
-    masks = np.zeros((counts.shape[0], cfg.num_layers, nc.max()), bool)
-    for t, row in enumerate(counts):  # same count of clusters per layer as measured
-        for layer, c in enumerate(row):
-            masks[t, layer, :c] = True
+    sample = [
+        np.arange(lp.num_clusters(cfg.intermediate_size)) < c
+        for lp, c in zip(sparse.plan.layers, counts[0], strict=True)
+    ]
     pred_params = sum(a.size for a in jax.tree.leaves(sparse.predictors))
     out = _compare(
         model.params,
         cfg,
         sparse.plan,
         lambda i: sparse.predictors,
-        masks,
+        counts,
+        sample,
         steps,
         repeats,
         pred_params,
@@ -324,7 +327,17 @@ def bench_synthetic(
     rng = np.random.default_rng(seed)
     masks = np.stack([sample_cluster_masks(rng, freq, lp, steps) for lp in plan.layers], 1)
     replay = [[{"clusters": masks[i, layer]} for layer in range(layers)] for i in range(steps)]
-    out = _compare(params, cfg, plan, lambda i: replay[i % steps], masks, steps, repeats, 0)
+    out = _compare(
+        params,
+        cfg,
+        plan,
+        lambda i: replay[i % steps],
+        masks.sum(-1),
+        list(masks[0]),
+        steps,
+        repeats,
+        0,
+    )
     out["formulations"] = formulations(params, cfg, plan, masks[0])
     k = jax.random.key(seed + 1)
     pred = [
