@@ -5,18 +5,11 @@ token reads and the bandwidth that implies (F32 decode reaches ~25-30 GB/s on a 
 
 from __future__ import annotations
 
-import time
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import machine
+from pi2lab.bench import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
-from pi2lab.engine.decode import decode_step
-from pi2lab.engine.prefill import bucket, pad, prefill
-from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.state import KVCache
 from pi2lab.model.params import init_params
 
 
@@ -36,30 +29,10 @@ def time_decode(
     steps: int,
     prompt_len: int = 16,
     repeats: int = 3,
-    seed: int = 0,
 ) -> dict:
     """Median greedy decode tokens/s over ``repeats`` runs of ``steps`` steps (after a warm-up)."""
-    rng = np.random.default_rng(seed)
-    prompt = rng.integers(0, cfg.vocab_size, prompt_len).astype(np.int32)
-    knobs = SamplingKnobs.make()
-    key = jax.random.key(seed)
-    capacity = bucket(prompt_len + steps + 1, 128)
-    dtype = params["embed"].dtype
-    rates = []
-    for r in range(repeats + 1):  # the first run compiles and warms up
-        cache = KVCache.zeros(cfg, capacity, dtype=dtype)
-        logits, cache = prefill(
-            params, cfg, pad(prompt, bucket(prompt_len)), jnp.int32(prompt_len), cache
-        )
-        token = jnp.argmax(logits).astype(jnp.int32)
-        t0 = time.perf_counter()
-        for i in range(steps):
-            token, _, cache = decode_step(
-                params, cfg, cache, token, jnp.int32(prompt_len + i), key, knobs
-            )
-        token.block_until_ready()
-        if r:
-            rates.append(steps / (time.perf_counter() - t0))
+    step = dense_step(params, cfg)
+    rates = [decode_rate(step, params, cfg, steps, prompt_len) for _ in range(repeats + 1)][1:]
     tps = float(np.median(rates))
     weight_bytes = decode_weight_bytes(params, cfg)
     return {

@@ -20,10 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import machine
+from pi2lab.bench import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
-from pi2lab.engine.decode import decode_step
-from pi2lab.engine.prefill import bucket, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
 from pi2lab.engine.state import KVCache
@@ -71,21 +69,6 @@ def _bytes(
             for lp, c in zip(plan.layers, clusters, strict=True)
         )
     return float(itemsize * (cfg.num_layers * attn + ffn + head + predictor_params))
-
-
-def _tokens_per_s(step, params, cfg: ModelConfig, steps: int, prompt_len: int = 16) -> float:
-    cache = KVCache.zeros(cfg, bucket(prompt_len + steps + 1, 128), dtype=params["embed"].dtype)
-    prompt = np.arange(1, prompt_len + 1, dtype=np.int32) % cfg.vocab_size
-    logits, cache = prefill(
-        params, cfg, pad(prompt, bucket(prompt_len)), jnp.int32(prompt_len), cache
-    )
-    token = jnp.argmax(logits).astype(jnp.int32)
-    token.block_until_ready()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        token, cache = step(i, cache, token, jnp.int32(prompt_len + i))
-    token.block_until_ready()
-    return steps / (time.perf_counter() - t0)
 
 
 def _interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
@@ -216,10 +199,6 @@ def _compare(params, cfg, plan, predictors_at, counts, sample, steps, repeats, p
     per-layer cluster masks (for the breakdown)."""
     key, knobs, thr = jax.random.key(0), SamplingKnobs.make(), jnp.float32(0.0)
 
-    def dense(i, cache, token, pos):
-        token, _, cache = decode_step(params, cfg, cache, token, pos, key, knobs)
-        return token, cache
-
     def sparse(i, cache, token, pos):
         token, _, cache, _ = sparse_decode_step(
             params, predictors_at(i), thr, cfg, plan, cache, token, pos, key, knobs
@@ -228,8 +207,8 @@ def _compare(params, cfg, plan, predictors_at, counts, sample, steps, repeats, p
 
     rates = _interleaved(
         {
-            "dense": lambda: _tokens_per_s(dense, params, cfg, steps),
-            "sparse": lambda: _tokens_per_s(sparse, params, cfg, steps),
+            "dense": lambda: decode_rate(dense_step(params, cfg), params, cfg, steps),
+            "sparse": lambda: decode_rate(sparse, params, cfg, steps),
         },
         repeats,
     )
