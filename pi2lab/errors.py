@@ -24,3 +24,12 @@ class PromptError(Pi2labError):
 
 class TrainingError(Pi2labError):
     """Training was asked for with unusable settings or data."""
+
+
+class StorageError(Pi2labError):
+    """A flash layout is missing, truncated, corrupted, from another format version, or a read
+    failed; the message names the file, layer and byte offset."""
+
+
+class BudgetError(Pi2labError):
+    """A memory budget cannot hold what must stay resident; the message gives the minimum."""
