@@ -169,6 +169,47 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from pi2lab.storage.layout import convert_pretrained, open_layout
+
+    out = convert_pretrained(
+        args.model,
+        args.out,
+        dtype=args.dtype,
+        cluster_size=args.cluster_size,
+        group_size=args.group_size,
+    )
+    _print_layout(open_layout(out), args.json)
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from pi2lab.storage.layout import verify
+
+    _print_layout(verify(args.dir), args.json)
+    return 0
+
+
+def _print_layout(layout, as_json: bool) -> None:
+    summary = {
+        "path": str(layout.path),
+        "dtype": layout.dtype,
+        "cluster_size": layout.cluster_size,
+        "unit_bytes": layout.unit_bytes,
+        "stride": layout.stride,
+        "bundle_files": len(layout.files),
+        "ffn_bytes": layout.ffn_bytes,
+        "resident_bytes": (layout.path / "resident.safetensors").stat().st_size,
+        "has_plan": layout.plan is not None,
+        "ok": True,
+    }
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>15}: {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi2lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("convert", help="write a model's flash layout (resident part + bundles)")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["f32", "f16", "int8", "int4"], default="f32")
+    p.add_argument(
+        "--cluster-size", type=int, default=None, help="neurons per read unit (default: 4 KiB fit)"
+    )
+    p.add_argument("--group-size", type=int, default=64, help="elements per quantization scale")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("verify", help="check a flash layout: header, sizes, checksums")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
     p.add_argument("what", choices=["dense", "sparse"])

@@ -63,6 +63,8 @@ def test_info_counts_every_parameter(ckpt, capsys):
         (["info", "--model", "/nonexistent/model"], "no such checkpoint"),
         (["generate", "--model", "builtin", "--prompt", "   "], "prompt is empty"),
         (["generate", "--model", "builtin", "--prompt", "word " * 600], "context"),
+        (["verify", "/nonexistent/flash"], "no flash.json"),
+        (["convert", "--model", "{ckpt}", "--out", "{ckpt}.f", "--cluster-size", "5"], "56"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ckpt, args, message):
@@ -70,6 +72,32 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("pi2lab ")
+
+
+def test_convert_then_verify(ckpt, tmp_path, capsys):
+    out = tmp_path / "flash"
+    assert (
+        main(
+            [
+                "convert",
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--dtype",
+                "int8",
+                "--group-size",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    converted = json.loads(capsys.readouterr().out)
+    assert main(["verify", str(out), "--json"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert converted == verified and verified["dtype"] == "int8"
+    assert verified["ffn_bytes"] == 2 * 56 // verified["cluster_size"] * verified["stride"]
 
 
 def test_sparse_engine_generates_like_dense_with_the_oracle(tmp_path):

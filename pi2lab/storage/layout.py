@@ -1,0 +1,456 @@
+"""Flash layout: a model split into a resident part and per-layer FFN bundle files.
+
+A converted model is a directory::
+
+  flash.json            header: format version, config, dtype, cluster size, strides, files,
+                        byte sizes and a CRC-32 per bundle file, the sparse plan
+  resident.safetensors  everything that stays in memory: embeddings, attention, norms, router,
+                        LM head, predictors, quantization scales, a CRC-32 per unit
+  tokenizer.json        when the model has one
+  ffn/layer_003.bin     FFN bundles of layer 3 (``layer_003_e1.bin``: expert 1 of an MoE layer)
+
+A *bundle* is one neuron's gate row, up row and down column, contiguous (they co-activate, so
+one read fetches all three). A *unit* is ``C`` consecutive neurons (hot-first order, so unit 0
+is the most often needed) and is what one read fetches: units are laid out back to back at a
+stride rounded up to 4 KiB, so every unit starts on an ``O_DIRECT``-readable boundary::
+
+  unit u of layer l:  offset u * stride in layer l's file
+                      [C, 3, D] elements: neuron (gate row, up row, down column), padding to stride
+
+Quantized dtypes store ``int8`` (or ``int4``, two per byte, low nibble first) with one scale per
+``group_size`` consecutive elements of each row; the scales are resident (PowerInfer-2 keeps
+them in memory too). Dequantized value = q * scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from pi2lab.config import ModelConfig
+from pi2lab.engine.sparse import SparsePlan
+from pi2lab.errors import ConfigError, StorageError
+from pi2lab.fileio import make_readable
+
+FORMAT = "pi2lab-flash-1"
+HEADER = "flash.json"
+RESIDENT = "resident.safetensors"
+ALIGN = 4096
+FFN_KEYS = ("gate", "up", "down")
+StorageDtype = Literal["f32", "f16", "int8", "int4"]
+BITS = {"f32": 32, "f16": 16, "int8": 8, "int4": 4}
+
+
+def round_up(n: int, to: int = ALIGN) -> int:
+    return -(-n // to) * to
+
+
+def bundle_bytes(hidden: int, dtype: StorageDtype) -> int:
+    """Bytes of one neuron's bundle (gate row, up row, down column) stored as ``dtype``."""
+    return 3 * hidden * BITS[dtype] // 8
+
+
+def default_cluster_size(neurons: int, hidden: int, dtype: StorageDtype) -> int:
+    """The smallest unit size (a power of two up to 64 dividing ``neurons``) whose bytes are a
+    multiple of 4 KiB; failing that, the one that wastes the least padding."""
+    sizes = [c for c in (1, 2, 4, 8, 16, 32, 64) if neurons % c == 0]
+    waste = [
+        round_up(c * bundle_bytes(hidden, dtype)) / (c * bundle_bytes(hidden, dtype)) for c in sizes
+    ]
+    return sizes[int(np.argmin(waste))]
+
+
+def quantize(
+    w: np.ndarray, dtype: StorageDtype, group: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``w [..., D]`` float -> stored array (``[..., D]``, int4: ``[..., D/2]`` uint8) and
+    scales ``[..., D/group]`` float32 (None for float dtypes). Symmetric, round to nearest."""
+    if dtype == "f32":
+        return w.astype(np.float32), None
+    if dtype == "f16":
+        return w.astype(np.float16), None
+    qmax = 127 if dtype == "int8" else 7
+    g = w.reshape(*w.shape[:-1], -1, group).astype(np.float32)
+    scale = np.abs(g).max(-1, keepdims=True) / qmax
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.rint(g / scale), -qmax - 1, qmax).astype(np.int8).reshape(w.shape)
+    if dtype == "int4":
+        u = (q + 8).astype(np.uint8)
+        q = u[..., 0::2] | (u[..., 1::2] << 4)
+    return q, scale[..., 0]
+
+
+def dequantize(q: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
+    """Inverse of :func:`quantize`: float32 ``[..., D]``."""
+    if scales is None:
+        return q.astype(np.float32)
+    if dtype == "int4":
+        lo = (q & 0x0F).astype(np.int8) - 8
+        hi = (q >> 4).astype(np.int8) - 8
+        q = np.stack([lo, hi], axis=-1).reshape(*q.shape[:-1], -1)
+    g = scales.shape[-1]
+    w = q.astype(np.float32).reshape(*q.shape[:-1], g, -1) * scales[..., None]
+    return w.reshape(*q.shape[:-1], -1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BundleFile:
+    """One FFN's bundle file.
+
+    Attributes:
+      layer: Layer index.
+      expert: Expert index for MoE layers, else None.
+      file: Path relative to the layout directory.
+      nbytes: File size in bytes (units x stride).
+      crc32: CRC-32 of the whole file.
+    """
+
+    layer: int
+    expert: int | None
+    file: str
+    nbytes: int
+    crc32: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlashLayout:
+    """An opened flash layout (header read and sizes checked; bundles not read).
+
+    Attributes:
+      path: The layout directory.
+      config: The model's config.
+      dtype: Storage dtype of the FFN bundles.
+      group_size: Elements per quantization scale (quantized dtypes).
+      cluster_size: Neurons per unit, C.
+      stride: Bytes from one unit to the next (a multiple of 4 KiB).
+      files: One bundle file per layer (per layer and expert for MoE), layer-major.
+      plan: The sparse plan the model was profiled with, if any.
+    """
+
+    path: Path
+    config: ModelConfig
+    dtype: StorageDtype
+    group_size: int
+    cluster_size: int
+    stride: int
+    files: tuple[BundleFile, ...]
+    plan: SparsePlan | None
+
+    @property
+    def units(self) -> int:
+        """Units per FFN (per expert for MoE)."""
+        return self.config.intermediate_size // self.cluster_size
+
+    @property
+    def unit_bytes(self) -> int:
+        """Payload bytes of one unit (the stride less padding)."""
+        return self.cluster_size * bundle_bytes(self.config.hidden_size, self.dtype)
+
+    @property
+    def ffn_bytes(self) -> int:
+        """Bytes of every bundle file together (what offloading takes out of memory)."""
+        return sum(f.nbytes for f in self.files)
+
+    def file_index(self, layer: int, expert: int | None = None) -> int:
+        e = self.config.num_experts if self.config.is_moe else 1
+        return layer * e + (expert or 0)
+
+    def file_path(self, index: int) -> Path:
+        return self.path / self.files[index].file
+
+    def resident(self) -> dict[str, np.ndarray]:
+        """Every resident tensor by name (internal layout, numpy)."""
+        file = self.path / RESIDENT
+        try:
+            with safetensors.safe_open(str(file), framework="numpy") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        except Exception as e:
+            raise StorageError(f"{file}: not a readable safetensors file ({e})") from e
+
+    def unit_view(self, raw: np.ndarray) -> np.ndarray:
+        """Raw unit bytes ``[n, stride]`` uint8 -> stored elements ``[n, C, 3, D']``."""
+        c, d = self.cluster_size, self.config.hidden_size
+        store = {"f32": np.float32, "f16": np.float16, "int8": np.int8, "int4": np.uint8}
+        payload = raw[:, : self.unit_bytes]
+        width = d // 2 if self.dtype == "int4" else d
+        return payload.view(store[self.dtype]).reshape(len(raw), c, 3, width)
+
+    def decode_units(self, raw: np.ndarray, scales: np.ndarray | None, units: np.ndarray):
+        """Float32 gate, up, down rows ``[n*C, D]`` of ``units`` from their raw bytes
+        ``[n, stride]``; ``scales`` is the FFN's resident ``[F, 3, G]`` array (or None)."""
+        q = self.unit_view(raw)
+        q = q.reshape(-1, 3, q.shape[-1])
+        s = None
+        if scales is not None:
+            neurons = (units[:, None] * self.cluster_size + np.arange(self.cluster_size)).ravel()
+            s = scales[neurons]
+        w = dequantize(q, s, self.dtype)
+        return w[:, 0], w[:, 1], w[:, 2]
+
+    def read_ffn(self, index: int, resident: dict | None = None) -> np.ndarray:
+        """A whole FFN dequantized, ``[F, 3, D]`` float32 (buffered read; tests, dense paths)."""
+        raw = np.fromfile(self.file_path(index), np.uint8).reshape(self.units, self.stride)
+        scales = (resident or self.resident()).get(f"scales.{index}")
+        g, u, d = self.decode_units(raw, scales, np.arange(self.units))
+        return np.stack([g, u, d], axis=1)
+
+    def full_params(self) -> dict:
+        """The whole parameter tree with dequantized FFN weights (the in-memory reference)."""
+        tensors = self.resident()
+        params = resident_params(self, tensors)
+        cfg = self.config
+        for i, layer in enumerate(params["layers"]):
+            ffns = [
+                self.read_ffn(self.file_index(i, e), tensors)
+                for e in (range(cfg.num_experts) if cfg.is_moe else [None])
+            ]
+            w = np.stack(ffns) if cfg.is_moe else ffns[0]  # [(E,) F, 3, D]
+            for j, k in enumerate(FFN_KEYS):
+                layer[k] = np.ascontiguousarray(w[..., j, :])
+        return params
+
+
+def _resident_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in params.items():
+        if k != "layers":
+            out[k] = np.asarray(v, np.float32)
+    for i, layer in enumerate(params["layers"]):
+        for k, v in layer.items():
+            if k not in FFN_KEYS:
+                out[f"layers.{i}.{k}"] = np.asarray(v, np.float32)
+    return out
+
+
+def resident_params(layout: FlashLayout, tensors: dict[str, np.ndarray]) -> dict:
+    """The parameter tree without FFN weights, from :meth:`FlashLayout.resident`."""
+    params = {k: v for k, v in tensors.items() if "." not in k}
+    params["layers"] = [
+        {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"layers.{i}.")}
+        for i in range(layout.config.num_layers)
+    ]
+    return params
+
+
+def predictor_layers(layout: FlashLayout, tensors: dict[str, np.ndarray]) -> list[dict] | None:
+    """The predictors stored with the layout (per layer ``fc1, b1, fc2, b2``), or None."""
+    if "predictors.0.fc1" not in tensors:
+        return None
+    return [
+        {k: tensors[f"predictors.{i}.{k}"] for k in ("fc1", "b1", "fc2", "b2")}
+        for i in range(layout.config.num_layers)
+    ]
+
+
+def _ffns(cfg: ModelConfig, layer: dict):
+    """(expert, gate, up, down) per FFN of one layer, numpy ``[F, D]``."""
+    if not cfg.is_moe:
+        yield None, *(np.asarray(layer[k]) for k in FFN_KEYS)
+        return
+    for e in range(cfg.num_experts):
+        yield e, *(np.asarray(layer[k][e]) for k in FFN_KEYS)
+
+
+def convert(
+    cfg: ModelConfig,
+    params: dict,
+    out: str | os.PathLike,
+    *,
+    dtype: StorageDtype = "f32",
+    cluster_size: int | None = None,
+    group_size: int = 64,
+    predictors: list[dict] | None = None,
+    plan: SparsePlan | None = None,
+    tokenizer=None,
+) -> Path:
+    """Writes the flash layout of a hot-first model (``params``: internal tree) to ``out``.
+
+    Everything is written into a temporary directory beside ``out`` and renamed at the end, so
+    an interrupted convert leaves nothing that opens as a layout.
+
+    Raises:
+      ConfigError: unknown dtype, a cluster size not dividing the FFN, a group size not
+        dividing the hidden size.
+    """
+    if dtype not in BITS:
+        raise ConfigError(f"storage dtype {dtype!r}: expected one of {sorted(BITS)}")
+    f, d = cfg.intermediate_size, cfg.hidden_size
+    c = cluster_size or default_cluster_size(f, d, dtype)
+    if c <= 0 or f % c:
+        raise ConfigError(f"cluster size {c}: expected a positive divisor of the FFN size {f}")
+    quantized = dtype in ("int8", "int4")
+    if quantized and (group_size <= 0 or d % group_size or group_size % 2):
+        raise ConfigError(
+            f"group size {group_size}: expected an even divisor of the hidden size {d}"
+        )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        stride = round_up(c * bundle_bytes(d, dtype))
+        (tmp / "ffn").mkdir()
+        tensors = _resident_tensors(cfg, params)
+        files = []
+        for i, layer in enumerate(params["layers"]):
+            for e, gate, up, down in _ffns(cfg, layer):
+                index = len(files)
+                w = np.stack([gate, up, down], axis=1)  # [F, 3, D]
+                q, scales = quantize(w, dtype, group_size)
+                if scales is not None:
+                    tensors[f"scales.{index}"] = scales
+                payload = q.view(np.uint8).reshape(f // c, -1)
+                units = np.zeros((f // c, stride), np.uint8)
+                units[:, : payload.shape[1]] = payload
+                tensors[f"crc32.{index}"] = np.array([zlib.crc32(u) for u in units], np.uint32)
+                name = f"ffn/layer_{i:03d}" + ("" if e is None else f"_e{e}") + ".bin"
+                units.tofile(tmp / name)
+                files.append(
+                    BundleFile(
+                        layer=i, expert=e, file=name, nbytes=units.nbytes, crc32=zlib.crc32(units)
+                    )
+                )
+                del w, q, units
+        for i, pred in enumerate(predictors or []):
+            for k, v in pred.items():
+                tensors[f"predictors.{i}.{k}"] = np.asarray(v, np.float32)
+        safetensors.numpy.save_file(tensors, str(tmp / RESIDENT))
+        header = {
+            "format": FORMAT,
+            "config": cfg.to_hf(),
+            "dtype": dtype,
+            "group_size": group_size if quantized else 0,
+            "cluster_size": c,
+            "stride": stride,
+            "files": [dataclasses.asdict(bf) for bf in files],
+            "plan": None if plan is None else plan.to_json(),
+        }
+        (tmp / HEADER).write_text(json.dumps(header, indent=1) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+        for path in [tmp, tmp / "ffn", *tmp.iterdir(), *(tmp / "ffn").iterdir()]:
+            make_readable(path, directory=path.is_dir())
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def convert_pretrained(name: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
+    """Converts a saved model (its predictors and plan too, when it has them: see
+    :meth:`pi2lab.predict.sparsify.Sparsified.save`). ``kwargs`` as for :func:`convert`."""
+    from pi2lab.model.pretrained import load_pretrained, resolve
+    from pi2lab.predict.predictor import PREDICTORS_FILE
+    from pi2lab.predict.sparsify import load_sparse
+
+    if (resolve(name) / PREDICTORS_FILE).is_file():
+        model, sparse = load_sparse(name)
+        predictors, plan = sparse.predictors, sparse.plan
+    else:
+        model, predictors, plan = load_pretrained(name), None, None
+    params = {k: v for k, v in model.params.items()}
+    return convert(
+        model.config,
+        params,
+        out,
+        predictors=predictors,
+        plan=plan,
+        tokenizer=model.tokenizer,
+        **kwargs,
+    )
+
+
+def open_layout(path: str | os.PathLike) -> FlashLayout:
+    """Reads ``flash.json`` and checks that every bundle file is there with its size.
+
+    Raises:
+      StorageError: no header, a header of another format version, a missing or truncated
+        bundle file.
+    """
+    path = Path(path)
+    head = path / HEADER
+    if not head.is_file():
+        raise StorageError(f"{path}: no {HEADER}; convert a model with `pi2lab convert`")
+    try:
+        header = json.loads(head.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StorageError(f"{head}: not valid JSON ({e})") from e
+    if header.get("format") != FORMAT:
+        raise StorageError(
+            f"{head}: format {header.get('format')!r}; expected {FORMAT!r} (convert again)"
+        )
+    try:
+        cfg = ModelConfig.from_hf(header["config"])
+        files = tuple(BundleFile(**bf) for bf in header["files"])
+        layout = FlashLayout(
+            path=path,
+            config=cfg,
+            dtype=header["dtype"],
+            group_size=header["group_size"],
+            cluster_size=header["cluster_size"],
+            stride=header["stride"],
+            files=files,
+            plan=None if header["plan"] is None else SparsePlan.from_json(header["plan"]),
+        )
+    except (KeyError, TypeError) as e:
+        raise StorageError(f"{head}: malformed header ({e!r})") from e
+    expected = cfg.num_layers * (cfg.num_experts if cfg.is_moe else 1)
+    if len(files) != expected:
+        raise StorageError(f"{head}: {len(files)} bundle files listed; expected {expected}")
+    for bf in files:
+        want = layout.units * layout.stride
+        file = path / bf.file
+        if not file.is_file():
+            raise StorageError(f"{file}: bundle file of layer {bf.layer} is missing")
+        size = file.stat().st_size
+        if size != bf.nbytes or size != want:
+            raise StorageError(
+                f"{file}: {size} bytes; expected {want} (layer {bf.layer}: "
+                f"{layout.units} units x {layout.stride} bytes) - truncated?"
+            )
+    return layout
+
+
+def check_units(layout: FlashLayout, index: int, units: np.ndarray, raw: np.ndarray, crcs) -> None:
+    """Raises StorageError naming layer, unit and offset of the first unit whose bytes
+    ``raw [n, stride]`` do not match its CRC-32."""
+    for u, row in zip(units, raw, strict=True):
+        if zlib.crc32(row) != int(crcs[u]):
+            bf = layout.files[index]
+            where = f"layer {bf.layer}" + ("" if bf.expert is None else f" expert {bf.expert}")
+            raise StorageError(
+                f"{layout.file_path(index)}: checksum mismatch in {where}, unit {int(u)} at "
+                f"byte offset {int(u) * layout.stride} ({layout.stride} bytes)"
+            )
+
+
+def verify(path: str | os.PathLike) -> FlashLayout:
+    """Checks header, sizes, every file's CRC-32 and every unit's; returns the layout.
+
+    Raises:
+      StorageError: naming the file, layer, unit and byte offset of the first problem.
+    """
+    layout = open_layout(path)
+    tensors = layout.resident()
+    for index, bf in enumerate(layout.files):
+        raw = np.fromfile(layout.file_path(index), np.uint8).reshape(layout.units, layout.stride)
+        if zlib.crc32(raw) != bf.crc32:
+            check_units(layout, index, np.arange(layout.units), raw, tensors[f"crc32.{index}"])
+            raise StorageError(f"{layout.file_path(index)}: file checksum mismatch")
+    cfg = layout.config
+    for i in range(cfg.num_layers):
+        for k in ("attn_norm", "q", "k", "v", "o", "ffn_norm"):
+            if f"layers.{i}.{k}" not in tensors:
+                raise StorageError(f"{layout.path / RESIDENT}: tensor 'layers.{i}.{k}' is missing")
+    return layout
