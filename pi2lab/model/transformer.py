@@ -20,6 +20,32 @@ def dense_ffn(cfg: ModelConfig) -> FfnFn:
     return lambda i, resid, h, p: layer_fn(h, p, cfg)
 
 
+def attention_block(
+    p: dict,
+    cfg: ModelConfig,
+    x: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    inv_freq,
+    kv: tuple[jax.Array, jax.Array] | None = None,
+    start: jax.Array | int = 0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One layer's attention with its residual: ``x [B, T, D]`` -> ``x``, keys and values.
+
+    With ``kv`` (a layer's cache ``[B, S, G, K]`` twice) the new keys/values are written at
+    ``start`` and the returned ones are the whole updated cache; without, just the new ones.
+    """
+    h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = layers.apply_rope(jnp.einsum("btd,dhk->bthk", h, p["q"]), q_pos, inv_freq)
+    k = layers.apply_rope(jnp.einsum("btd,dgk->btgk", h, p["k"]), q_pos, inv_freq)
+    v = jnp.einsum("btd,dgk->btgk", h, p["v"])
+    if kv is not None:
+        k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), start, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), start, axis=1)
+    att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)
+    return x + jnp.einsum("bthk,hkd->btd", att, p["o"]), k, v
+
+
 def forward(
     params: dict,
     cfg: ModelConfig,
@@ -49,21 +75,10 @@ def forward(
     x = params["embed"][tokens]  # [B, T, D]
     new_k, new_v, acts = [], [], []
     for i, p in enumerate(params["layers"]):
-        h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-        q = layers.apply_rope(jnp.einsum("btd,dhk->bthk", h, p["q"]), q_pos, inv_freq)
-        k = layers.apply_rope(jnp.einsum("btd,dgk->btgk", h, p["k"]), q_pos, inv_freq)
-        v = jnp.einsum("btd,dgk->btgk", h, p["v"])
-        if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(
-                cache.k[i], k.astype(cache.k[i].dtype), start, axis=1
-            )
-            v = jax.lax.dynamic_update_slice_in_dim(
-                cache.v[i], v.astype(cache.v[i].dtype), start, axis=1
-            )
-            new_k.append(k)
-            new_v.append(v)
-        att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)
-        x = x + jnp.einsum("bthk,hkd->btd", att, p["o"])
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        x, k, v = attention_block(p, cfg, x, q_pos, kv_pos, inv_freq, kv, start)
+        new_k.append(k)
+        new_v.append(v)
         h = layers.rms_norm(x, p["ffn_norm"], cfg.rms_norm_eps)
         out, act = ffn(i, x, h, p)
         x = x + out

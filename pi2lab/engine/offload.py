@@ -1,0 +1,391 @@
+"""Offloaded decode: FFN weights on flash, a budgeted neuron cache in memory, reads overlapped.
+
+Three engines on the same parts (flash layout, I/O engine, neuron cache, scheduler):
+
+- ``powerinfer2``: predictor, segmented cache (cluster-granular hot segment pre-filled from the
+  profile, unit-granular LRU cold segment), cluster-level pipeline.
+- ``llmflash``: predictor, sliding-window cache (neurons of the last k tokens), row-column
+  bundles, matrix-level overlap (LLM in a Flash).
+- ``dense-stream``: no predictor; the first units of every layer stay resident within the
+  budget and the rest are re-read, in order, every token (llama.cpp's mmap past RAM size).
+
+Per layer and token, attention and the predictor run jitted in JAX (the resident part: embeddings,
+attention, norms, predictors, scales, KV cache); the cold-cluster mask comes to the host, which
+decides the units, runs the cache and reads, and computes the FFN in NumPy while reads land
+(:mod:`pi2lab.pipeline.scheduler`). Prefill is dense: each layer's FFN is streamed through the
+staging rows (resident units in place), so a long prompt does not need the whole layer in memory.
+
+Memory budget: an int is total bytes (resident tensors + KV cache + staging rows + neuron cache);
+a float in (0, 1] is the neuron cache as a fraction of the FFN bytes, on top of the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.cache.neuron_cache import NeuronCache
+from pi2lab.engine.prefill import bucket, check_tokens
+from pi2lab.engine.sampling import SamplingKnobs, sample
+from pi2lab.engine.sparse import SparsePlan
+from pi2lab.errors import BudgetError, ConfigError
+from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
+from pi2lab.model import layers
+from pi2lab.model.transformer import attention_block
+from pi2lab.pipeline.scheduler import FfnStore, PipelineConfig, Scheduler, Buffers
+from pi2lab.pipeline.timeline import Timeline
+from pi2lab.policies import LRU, Policy, Segmented, StaticHot, Window
+from pi2lab.predict.predictor import scores
+from pi2lab.storage.io import IOEngine
+from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
+
+EngineKind = Literal["powerinfer2", "llmflash", "dense-stream"]
+ENGINES: tuple[str, ...] = ("powerinfer2", "llmflash", "dense-stream")
+STREAM_BYTES = 4 << 20  # staging for streamed (dense) FFN parts
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OffloadConfig:
+    """An offload engine's settings (all static: changing one builds a new engine).
+
+    Attributes:
+      engine: Which engine (see the module docstring).
+      memory_budget: Total bytes (int), or the neuron cache's share of the FFN bytes (float).
+      pipeline: Overlap mode, depth, I/O threads, gate-first; default per engine.
+      policy: Cache policy; default per engine (Segmented, Window(5), StaticHot).
+      hot_fraction: Segmented: share of each layer's cache in the hot segment.
+      threshold: Predictor logit threshold.
+      kv_capacity: KV cache positions.
+      direct: Read with O_DIRECT (bypassing the page cache) where the filesystem allows.
+    """
+
+    engine: EngineKind = "powerinfer2"
+    memory_budget: int | float = 0.5
+    pipeline: PipelineConfig | None = None
+    policy: Policy | None = None
+    hot_fraction: float = 0.5
+    threshold: float = 0.0
+    kv_capacity: int = 256
+    direct: bool = True
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if isinstance(self.memory_budget, float) and not 0 <= self.memory_budget <= 1:
+            raise ConfigError(
+                f"memory budget {self.memory_budget}: a float is the FFN share, expected 0..1"
+            )
+
+    def pipeline_config(self) -> PipelineConfig:
+        if self.pipeline is not None:
+            return self.pipeline
+        mode = {"powerinfer2": "cluster", "llmflash": "matrix", "dense-stream": "none"}
+        return PipelineConfig(mode=mode[self.engine])
+
+    def policy_for(self, units: int, capacity: int) -> Policy:
+        if self.policy is not None:
+            return self.policy
+        if self.engine == "llmflash":
+            return Window(k=5)
+        if self.engine == "dense-stream":
+            return StaticHot()
+        hot = min(units, int(self.hot_fraction * capacity))
+        return Segmented(hot_units=hot, hot_fraction=self.hot_fraction) if hot else LRU()
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"), donate_argnames=("k", "v"))
+def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, k, v, pos):
+    """Attention of one layer for ``x [1, T, D]`` at ``pos``; the FFN input ``h``, and for
+    decode the cold-cluster mask of the predictor (``mode``: predict, replay, all, none)."""
+    t = x.shape[1]
+    q_pos = pos + jnp.arange(t)
+    x, k, v = attention_block(
+        p, cfg, x, q_pos, jnp.arange(k.shape[1]), layers.rope_inv_freq(cfg), (k, v), pos
+    )
+    h = layers.rms_norm(x, p["ffn_norm"], cfg.rms_norm_eps)
+    nc = lp.num_clusters(cfg.intermediate_size)
+    if mode == "predict":
+        clusters = cluster_activity(scores(pred, x[0, 0]) > threshold, lp)
+    elif mode == "replay":
+        clusters = pred["clusters"]
+    else:
+        clusters = jnp.ones(nc if mode == "all" else 0, bool)
+    return x, h, clusters, k, v
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _head(params, cfg, x, last, key, pos, knobs):
+    """Samples after row ``last`` of ``x [1, T, D]`` (the key of position ``pos``)."""
+    x = layers.rms_norm(x[0, last], params["final_norm"], cfg.rms_norm_eps)
+    head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
+    logits = jnp.einsum("d,vd->v", x, head).astype(jnp.float32)
+    return sample(logits, jax.random.fold_in(key, pos), knobs), logits
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """What one decode token did.
+
+    Attributes:
+      seconds: Wall time of the token.
+      units: Units computed, per layer.
+      hits: Of those, cache hits, per layer.
+      bytes_read: Bytes read from flash.
+      io_share: Time blocked on reads over wall time.
+    """
+
+    seconds: float
+    units: list[int]
+    hits: list[int]
+    bytes_read: int
+    io_share: float
+
+
+class OffloadEngine:
+    """A model decoding from its flash layout within a memory budget. A context manager:
+    :meth:`close` joins the I/O threads; an error mid-token leaves it closable."""
+
+    def __init__(
+        self,
+        layout: FlashLayout | str,
+        config: OffloadConfig | None = None,
+        *,
+        predictors: list | None = None,
+        plan: SparsePlan | None = None,
+    ):
+        self.layout = layout = layout if isinstance(layout, FlashLayout) else open_layout(layout)
+        self.config = config = config or OffloadConfig()
+        cfg = layout.config
+        if cfg.is_moe:
+            raise ConfigError("offload engine: MoE layers are not supported yet")
+        tensors = layout.resident()
+        self.params = jax.tree.map(jnp.asarray, resident_params(layout, tensors))
+        self.predictors = (
+            predictors if predictors is not None else predictor_layers(layout, tensors)
+        )
+        self.plan = plan or layout.plan or SparsePlan.uniform(cfg, cluster_size=layout.cluster_size)
+        self.plan.check(cfg)
+        c = layout.cluster_size
+        for i, lp in enumerate(self.plan.layers):
+            if lp.hot % c or lp.cluster_size % c:
+                raise ConfigError(
+                    f"sparse plan layer {i}: hot={lp.hot}, cluster_size={lp.cluster_size} must "
+                    f"be multiples of the layout's unit of {c} neurons"
+                )
+        if config.engine != "dense-stream" and self.predictors is None:
+            raise ConfigError(
+                f"{layout.path}: no predictors in the layout; the {config.engine} engine needs "
+                "them (train with `pi2lab train-predictors` before `pi2lab convert`), or pass "
+                "replayed cluster masks"
+            )
+        self.pipeline = config.pipeline_config()
+        kv_bytes = 2 * cfg.num_layers * config.kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
+        fixed = sum(a.nbytes for a in tensors.values()) + kv_bytes
+        stage_rows = max(self.pipeline.depth, -(-STREAM_BYTES // layout.stride))
+        staging_bytes = stage_rows * layout.stride
+        n_ffn = len(layout.files)
+        if isinstance(config.memory_budget, float):
+            per_ffn = int(config.memory_budget * layout.units)
+        else:
+            spare = config.memory_budget - fixed - staging_bytes
+            if spare < 0:
+                raise BudgetError(
+                    f"memory budget {config.memory_budget} bytes is below the minimum "
+                    f"{fixed + staging_bytes} bytes (resident tensors and KV cache {fixed}, "
+                    f"staging {staging_bytes})"
+                )
+            per_ffn = min(layout.units, spare // layout.stride // n_ffn)
+        self.io = IOEngine(
+            [layout.file_path(i) for i in range(n_ffn)],
+            threads=self.pipeline.io_threads,
+            direct=config.direct,
+            coalesce=self.pipeline.coalesce,
+        )
+        try:
+            self.timeline = Timeline()
+            self.staging = Buffers(layout.stride, stage_rows)
+            self.scheduler = Scheduler(layout, self.io, self.pipeline, self.timeline)
+            self.stores = []
+            for i in range(n_ffn):
+                cache = NeuronCache(config.policy_for(layout.units, per_ffn), layout.units, per_ffn)
+                scales = tensors.get(f"scales.{i}")
+                self.stores.append(FfnStore(layout, i, cache, scales, self.staging))
+            self._fill_prefilled()
+        except BaseException:
+            self.io.close()
+            raise
+        self.fixed_bytes = fixed
+        self.cache_units = per_ffn
+        self.t = 0
+        self.kv = None
+        self.last: StepStats | None = None
+
+    # -- memory -----------------------------------------------------------------------------
+    @property
+    def memory_bytes(self) -> int:
+        """Resident tensors + KV cache + staging + neuron cache slots."""
+        return self.fixed_bytes + self.staging.nbytes
+
+    def _fill_prefilled(self) -> None:
+        """Reads the units the policies hold from the start (static / segmented hot sets)."""
+        from pi2lab.storage.io import ReadRequest
+
+        for store in self.stores:
+            units = np.flatnonzero(store.cache.slot_of >= 0)
+            reqs = [
+                ReadRequest(
+                    store.index,
+                    int(u) * self.layout.stride,
+                    self.layout.stride,
+                    store.slots[store.cache.slot_of[u]],
+                    (-1, int(u)),
+                )
+                for u in units
+            ]
+            if reqs:
+                self.io.read(reqs)
+        self.io.clear_log()
+
+    def close(self) -> None:
+        self.io.close()
+
+    def __enter__(self) -> OffloadEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- FFN ------------------------------------------------------------------------------------
+    def _units(self, i: int, clusters: np.ndarray) -> np.ndarray:
+        lp, c = self.plan.layers[i], self.layout.cluster_size
+        per = lp.cluster_size // c
+        cold = np.flatnonzero(clusters)
+        hot = np.arange(lp.hot // c)
+        return np.concatenate([hot, lp.hot // c + (cold[:, None] * per + np.arange(per)).ravel()])
+
+    def _dense_ffn(self, store: FfnStore, layer: int, x: np.ndarray) -> np.ndarray:
+        """All units, for ``x [T, D]``: resident ones in place, the rest streamed in order."""
+        slot_of = store.cache.slot_of
+        res = np.flatnonzero(slot_of >= 0)
+        out = self.scheduler._compute_resident(store, layer, x, res, slot_of[res])
+        rest = np.flatnonzero(slot_of < 0)
+        rows = len(self.staging.rows)
+        from pi2lab.storage.io import ReadRequest
+
+        for a in range(0, rest.size, rows):
+            part = rest[a : a + rows]
+            reqs = [
+                ReadRequest(
+                    store.index,
+                    int(u) * self.layout.stride,
+                    self.layout.stride,
+                    self.staging.rows[j],
+                    (layer, int(u)),
+                )
+                for j, u in enumerate(part)
+            ]
+            with self.timeline.span("wait", layer):
+                self.io.read(reqs)
+            with self.timeline.span("compute", layer, part.size):
+                out = out + store.compute(
+                    x, self.staging.rows, np.arange(part.size), part, *self._act()
+                )
+        return out
+
+    def _act(self):
+        cfg = self.layout.config
+        return cfg.ffn_activation, cfg.activation_threshold
+
+    # -- prefill and decode ----------------------------------------------------------------------
+    def _front_mode(self, decode: bool) -> tuple[str, list | None]:
+        if not decode or self.config.engine == "dense-stream":
+            return "none", None
+        if self.predictors and "clusters" in self.predictors[0]:
+            return "replay", self.predictors
+        return "predict", self.predictors
+
+    def _run(self, tokens: np.ndarray, pos: int, decode: bool):
+        cfg = self.layout.config
+        mode, preds = self._front_mode(decode)
+        x = self.params["embed"][jnp.asarray(tokens)][None]  # [1, T, D]
+        units, hits = [], []
+        for i, p in enumerate(self.params["layers"]):
+            lp = self.plan.layers[i]
+            pred = None if preds is None else preds[i]
+            with self.timeline.span("attention", i):
+                x, h, clusters, k, v = _layer_front(
+                    p,
+                    pred,
+                    jnp.float32(self.config.threshold),
+                    cfg,
+                    lp,
+                    mode,
+                    x,
+                    self.kv[0][i],
+                    self.kv[1][i],
+                    jnp.int32(pos),
+                )
+                self.kv[0][i], self.kv[1][i] = k, v
+                h_np = np.asarray(h[0])  # [T, D]
+                clusters = np.asarray(clusters)
+            store = self.stores[i]
+            if mode == "none":
+                out = self._dense_ffn(store, i, h_np)
+                units.append(self.layout.units)
+                hits.append(int(np.sum(store.cache.slot_of >= 0)))
+            else:
+                need = self._units(i, clusters)
+                before = store.cache.slot_of[need] >= 0
+                out = self.scheduler.run(store, i, h_np[0], need, self.t)[None]
+                units.append(need.size)
+                hits.append(int(before.sum()))
+            x = x + jnp.asarray(out, x.dtype)[None]
+        return x, units, hits
+
+    def reset(self, capacity: int | None = None) -> None:
+        cfg = self.layout.config
+        shape = (1, capacity or self.config.kv_capacity, cfg.num_kv_heads, cfg.head_dim)
+        self.kv = (
+            [jnp.zeros(shape) for _ in range(cfg.num_layers)],
+            [jnp.zeros(shape) for _ in range(cfg.num_layers)],
+        )
+
+    def prefill(self, tokens, key, knobs: SamplingKnobs) -> jax.Array:
+        """Dense prefill of ``tokens [P]`` from position 0; returns the first new token."""
+        tokens = check_tokens(tokens, self.layout.config)
+        self.reset()
+        padded = np.zeros(bucket(tokens.size), np.int32)  # bucketed: one compile per bucket
+        padded[: tokens.size] = tokens
+        with self.timeline.span("prefill", -1, tokens.size):
+            x, _, _ = self._run(padded, 0, decode=False)
+            last = jnp.int32(tokens.size - 1)
+            token, _ = _head(self.params, self.layout.config, x, last, key, last, knobs)
+        return token
+
+    def step(self, token, pos: int, key, knobs: SamplingKnobs):
+        """One decode token at ``pos``: returns the next token and logits ``[V]``."""
+        self.io.clear_log()
+        self.timeline.events.clear()
+        start = time.perf_counter()
+        x, units, hits = self._run(np.asarray([int(token)], np.int32), pos, decode=True)
+        with self.timeline.span("head", -1):
+            token, logits = _head(
+                self.params, self.layout.config, x, jnp.int32(0), key, jnp.int32(pos), knobs
+            )
+            token.block_until_ready()
+        self.timeline.add_reads(list(self.io.log))
+        self.t += 1
+        self.last = StepStats(
+            seconds=time.perf_counter() - start,
+            units=units,
+            hits=hits,
+            bytes_read=sum(r.io_bytes for r in self.io.log),
+            io_share=self.timeline.io_share(),
+        )
+        return token, logits

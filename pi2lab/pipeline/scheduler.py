@@ -1,0 +1,231 @@
+"""The neuron-cluster pipeline: one FFN's units computed while the missing ones are read.
+
+Per decode token and FFN, the engine names the units it needs (hot block plus the clusters the
+predictor marks active). The neuron cache splits them into hits (resident, in a cache slot),
+admitted misses (read straight into the slot the policy frees) and bypassed misses (read into a
+staging row, used once). Then, by overlap mode:
+
+- ``none``: read every miss, wait, then compute everything (no overlap).
+- ``matrix``: compute the hits while the misses are read; wait for all of them (a barrier per
+  FFN matrix set, as LLM in a Flash loads a layer's rows before using them); compute them.
+- ``cluster``: compute the hits while the misses are read, then each arriving read's units as
+  soon as it lands, keeping ``depth`` units in flight (PowerInfer-2: no barrier between
+  clusters). With ``gate_first`` (units of one neuron, ReLU-family FFNs) a miss is read in two
+  phases: its gate row, then up and down only for neurons whose gate fires.
+
+All arithmetic is float32 NumPy on the host (BLAS matrix-vector products release the GIL, so
+the I/O threads' reads proceed meanwhile). Units are computed in the neuron order the model
+was profiled in; only the set, not the order of the sums, matches in-memory sparse decode.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from pi2lab.cache.neuron_cache import NeuronCache
+from pi2lab.config import Activation
+from pi2lab.errors import ConfigError
+from pi2lab.pipeline.timeline import Timeline
+from pi2lab.storage.io import IOEngine, ReadRequest
+from pi2lab.storage.layout import FlashLayout
+
+OverlapMode = Literal["none", "matrix", "cluster"]
+RUN = 16  # slot runs at least this long are computed in place rather than gathered
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """How reads and compute interleave.
+
+    Attributes:
+      mode: ``none``, ``matrix`` (LLM in a Flash) or ``cluster`` (PowerInfer-2).
+      depth: Units in flight at once (cluster mode); also the staging rows for bypassed units.
+      io_threads: Reader threads (PowerInfer-2 argues for one).
+      gate_first: Read gate rows first and up/down only where the gate fires.
+      coalesce: Merge reads of adjacent units.
+    """
+
+    mode: OverlapMode = "cluster"
+    depth: int = 32
+    io_threads: int = 1
+    gate_first: bool = False
+    coalesce: bool = True
+
+    def __post_init__(self):
+        if self.mode not in ("none", "matrix", "cluster"):
+            raise ConfigError(f"overlap mode {self.mode!r}: expected none, matrix or cluster")
+        if self.depth < 1 or self.io_threads < 1:
+            raise ConfigError(
+                f"pipeline depth {self.depth} and io_threads {self.io_threads}: expected >= 1"
+            )
+
+
+def activation(g: np.ndarray, u: np.ndarray, kind: Activation, threshold: float) -> np.ndarray:
+    """NumPy twin of :func:`pi2lab.model.layers.ffn_activation`."""
+    if kind == "silu":
+        return g / (1.0 + np.exp(-g)) * u
+    if kind == "relu":
+        return np.maximum(g, 0) * u
+    if kind == "drelu":
+        return np.maximum(g, 0) * np.maximum(u, 0)
+    if kind == "fatrelu":
+        return np.where(g > threshold, g, 0) * u
+    raise ConfigError(f"unknown FFN activation {kind!r}")
+
+
+def gate_fires(g: np.ndarray, kind: Activation, threshold: float) -> np.ndarray:
+    """Where a neuron's gate output leaves its activation possibly non-zero."""
+    if kind == "silu":
+        return np.ones(g.shape, bool)
+    return g > (threshold if kind == "fatrelu" else 0)
+
+
+def runs(slots: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Sorted slots -> runs ``(start, stop)`` of at least RUN consecutive slots, and the rest."""
+    if slots.size == 0:
+        return [], slots
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    long, rest = [], []
+    for part in np.split(slots, breaks):
+        if part.size >= RUN:
+            long.append((int(part[0]), int(part[-1]) + 1))
+        else:
+            rest.append(part)
+    return long, np.concatenate(rest) if rest else slots[:0]
+
+
+class FfnStore:
+    """One FFN's resident weights: cache slots ``[S, stride]`` and staging rows, as raw bytes
+    in the flash layout (a read lands in a slot without a copy)."""
+
+    def __init__(self, layout: FlashLayout, index: int, cache: NeuronCache, scales, staging):
+        self.layout, self.index, self.cache, self.scales = layout, index, cache, scales
+        self.slots = staging.allocate(cache.capacity)
+        self.staging = staging
+
+    def compute(self, x: np.ndarray, src: np.ndarray, rows, units: np.ndarray, kind, thr):
+        """FFN contribution ``[..., D]`` of ``units`` whose bytes are ``src[rows]``
+        (``rows``: an index array, gathered, or a slice, read in place)."""
+        raw = src[rows]
+        gate, up, down = self.layout.decode_units(raw, self.scales, units)
+        h = activation(x @ gate.T, x @ up.T, kind, thr)
+        return h @ down
+
+
+class Buffers:
+    """The engine's aligned byte arrays, counted for the memory budget: ``rows`` are the
+    staging rows (streamed and bypassed units); :meth:`allocate` makes cache slots."""
+
+    def __init__(self, stride: int, rows: int):
+        from pi2lab.storage.io import aligned_empty
+
+        self._empty = aligned_empty
+        self.stride = stride
+        self.nbytes = 0
+        self.rows = self.allocate(rows)
+
+    def allocate(self, units: int) -> np.ndarray:
+        self.nbytes += units * self.stride
+        return self._empty(max(units, 1) * self.stride).reshape(max(units, 1), self.stride)
+
+
+class Scheduler:
+    """Runs one FFN for one token under a :class:`PipelineConfig` (see the module docstring)."""
+
+    def __init__(
+        self,
+        layout: FlashLayout,
+        io: IOEngine,
+        config: PipelineConfig,
+        timeline: Timeline,
+    ):
+        self.layout, self.io, self.config, self.timeline = layout, io, config, timeline
+        cfg = layout.config
+        self.kind, self.thr = cfg.ffn_activation, cfg.activation_threshold
+        if config.gate_first:
+            raise ConfigError("gate-first two-phase loading is not built yet; use gate_first=False")
+
+    def _compute_resident(self, store, layer, x, units, slots):
+        out = 0.0
+        order = np.argsort(slots)
+        slots, units = slots[order], units[order]
+        long, rest = runs(slots)
+        with self.timeline.span("compute", layer, units.size):
+            for a, b in long:
+                i = np.searchsorted(slots, a)
+                out = out + store.compute(
+                    x, store.slots, slice(a, b), units[i : i + b - a], self.kind, self.thr
+                )
+            if rest.size:
+                pick = np.isin(slots, rest)
+                out = out + store.compute(x, store.slots, rest, units[pick], self.kind, self.thr)
+        return out
+
+    def _wait(self, pending, layer, how):
+        with self.timeline.span("wait", layer):
+            done, _ = cf.wait([r.future for r in pending], return_when=how)
+        finished = [r for r in pending if r.future in done]
+        for r in finished:
+            r.future.result()  # a failed read raises its StorageError here
+        return finished, [r for r in pending if r.future not in done]
+
+    def run(self, store: FfnStore, layer: int, x: np.ndarray, units: np.ndarray, t: int):
+        """The FFN output ``[D]`` for input ``x [D]``, computing exactly ``units``."""
+        acc = store.cache.access(units, t)
+        mode = self.config.mode
+        wanted = np.isin(acc.admit, units)  # the rest is read-ahead: loaded, not computed
+        queue = collections.deque(
+            [*zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist())]
+            + [(u, -1) for u in acc.bypass.tolist()]
+            + [*zip(acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist())]
+        )
+        requested = set(units.tolist())
+        free_rows = list(range(len(store.staging.rows)))
+        limit = self.config.depth if mode == "cluster" else len(queue)
+        stride = self.layout.stride
+        pending, inflight = [], 0
+        out = np.zeros(self.layout.config.hidden_size, np.float32)
+
+        def submit():
+            nonlocal inflight
+            batch = []
+            while queue and inflight + len(batch) < limit:
+                u, s = queue[0]
+                if s < 0:  # staging row r is written -1 - r
+                    if not free_rows:
+                        break
+                    s = -1 - free_rows.pop()
+                queue.popleft()
+                dest = store.slots[s] if s >= 0 else store.staging.rows[-1 - s]
+                batch.append(ReadRequest(store.index, u * stride, stride, dest, (layer, u, s)))
+            pending.extend(self.io.submit(batch) if batch else [])
+            inflight += len(batch)
+
+        def consume(reads):
+            nonlocal inflight, out
+            tags = [req.tag for r in reads for req in r.requests]
+            inflight -= len(tags)
+            cached = np.array([(u, s) for _, u, s in tags if s >= 0 and u in requested])
+            staged = np.array([(u, -1 - s) for _, u, s in tags if s < 0])
+            with self.timeline.span("compute", layer, len(cached) + len(staged)):
+                for src, pairs in ((store.slots, cached), (store.staging.rows, staged)):
+                    if len(pairs):
+                        out += store.compute(x, src, pairs[:, 1], pairs[:, 0], self.kind, self.thr)
+            free_rows.extend(staged[:, 1].tolist() if len(staged) else [])
+
+        submit()
+        if mode != "none":
+            out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots)
+        while pending:
+            how = cf.FIRST_COMPLETED if mode == "cluster" else cf.ALL_COMPLETED
+            finished, pending = self._wait(pending, layer, how)
+            consume(finished)
+            submit()
+        if mode == "none":
+            out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots)
+        return out
