@@ -38,7 +38,7 @@ from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
 from pi2lab.model import layers
 from pi2lab.model.transformer import attention_block
-from pi2lab.pipeline.scheduler import FfnStore, PipelineConfig, Scheduler, Buffers
+from pi2lab.pipeline.scheduler import Buffers, FfnStore, PipelineConfig, Scheduler
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.policies import LRU, Policy, Segmented, StaticHot, Window
 from pi2lab.predict.predictor import scores

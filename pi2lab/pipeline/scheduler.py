@@ -180,9 +180,9 @@ class Scheduler:
         mode = self.config.mode
         wanted = np.isin(acc.admit, units)  # the rest is read-ahead: loaded, not computed
         queue = collections.deque(
-            [*zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist())]
+            [*zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True)]
             + [(u, -1) for u in acc.bypass.tolist()]
-            + [*zip(acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist())]
+            + [*zip(acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True)]
         )
         requested = set(units.tolist())
         free_rows = list(range(len(store.staging.rows)))
