@@ -66,19 +66,47 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop_at_eos: bool = True,
-    engine: Literal["dense", "sparse"] = "dense",
+    engine: Literal["dense", "sparse", "powerinfer2", "llmflash", "dense-stream"] = "dense",
     sparse: SparseDecoder | None = None,
+    memory_budget: int | float = 0.5,
 ) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 
     ``temperature=0`` is greedy. Sampling knobs are traced: changing them does not recompile.
     ``engine="sparse"`` decodes with a sparse FFN set up by ``sparse`` (default: the oracle
     predictor with every neuron cold, which reproduces dense decode); prefill stays dense and
-    both engines share one KV cache.
+    both engines share one KV cache. The offload engines (``powerinfer2``, ``llmflash``,
+    ``dense-stream``, see :mod:`pi2lab.engine.offload`) take as ``model`` a flash layout
+    directory (written by ``pi2lab convert``) or an open :class:`OffloadEngine`, and decode
+    within ``memory_budget``.
 
     Raises:
       PromptError: an empty prompt, or prompt plus new tokens longer than the context.
     """
+    from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
+
+    args = (prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    if engine not in ENGINES:
+        return _generate(model, None, engine, sparse, *args)
+    if isinstance(model, OffloadEngine):
+        return _generate(model.model, model, engine, None, *args)
+    with OffloadEngine(model, OffloadConfig(engine=engine, memory_budget=memory_budget)) as eng:
+        return _generate(eng.model, eng, engine, None, *args)
+
+
+def _generate(
+    model,
+    offload,
+    engine,
+    sparse,
+    prompt,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop_at_eos,
+) -> GenerationResult:
     cfg = model.config
     if engine == "dense":
         step = functools.partial(decode_step, model.params, cfg)
@@ -86,8 +114,8 @@ def generate(
         sparse = sparse or SparseDecoder.oracle(cfg)
         sparse.plan.check(cfg)
         step = functools.partial(sparse.step, model.params, cfg)
-    else:
-        raise ValueError(f"engine={engine!r}: expected 'dense' or 'sparse'")
+    elif offload is None:
+        raise ValueError(f"engine={engine!r}: expected dense, sparse or an offload engine")
     if max_new_tokens < 1:
         raise PromptError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     if isinstance(prompt, str) and not prompt.strip():
@@ -106,11 +134,23 @@ def generate(
     key = jax.random.key(seed)
 
     t0 = time.perf_counter()
-    cache = KVCache.zeros(cfg, capacity, dtype=model.dtype)
-    logits, cache = prefill(
-        model.params, cfg, pad(ids, min(bucket(ids.size), capacity)), jnp.int32(ids.size), cache
-    )
-    token = sample_first(logits, jnp.int32(ids.size - 1), key, knobs)
+    if offload is not None:
+        token = offload.prefill(ids, key, knobs, capacity=capacity)
+        step = lambda cache, token, pos, key, knobs: (
+            *offload.step(token, int(pos), key, knobs),
+            None,
+        )
+        cache = None
+    else:
+        cache = KVCache.zeros(cfg, capacity, dtype=model.dtype)
+        logits, cache = prefill(
+            model.params,
+            cfg,
+            pad(ids, min(bucket(ids.size), capacity)),
+            jnp.int32(ids.size),
+            cache,
+        )
+        token = sample_first(logits, jnp.int32(ids.size - 1), key, knobs)
     token.block_until_ready()
     prefill_s = time.perf_counter() - t0
 

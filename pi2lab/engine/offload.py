@@ -29,6 +29,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tokenizers
 
 from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.engine.prefill import bucket, check_tokens
@@ -37,6 +38,7 @@ from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
 from pi2lab.model import layers
+from pi2lab.model.pretrained import Model
 from pi2lab.model.transformer import attention_block
 from pi2lab.pipeline.scheduler import Buffers, FfnStore, PipelineConfig, Scheduler
 from pi2lab.pipeline.timeline import Timeline
@@ -166,6 +168,13 @@ class OffloadEngine:
             raise ConfigError("offload engine: MoE layers are not supported yet")
         tensors = layout.resident()
         self.params = jax.tree.map(jnp.asarray, resident_params(layout, tensors))
+        tok_file = layout.path / "tokenizer.json"
+        self.model = Model(
+            config=cfg,
+            params=self.params,
+            tokenizer=tokenizers.Tokenizer.from_file(str(tok_file)) if tok_file.is_file() else None,
+            path=layout.path,
+        )
         self.predictors = (
             predictors if predictors is not None else predictor_layers(layout, tensors)
         )
@@ -356,10 +365,11 @@ class OffloadEngine:
             [jnp.zeros(shape) for _ in range(cfg.num_layers)],
         )
 
-    def prefill(self, tokens, key, knobs: SamplingKnobs) -> jax.Array:
-        """Dense prefill of ``tokens [P]`` from position 0; returns the first new token."""
+    def prefill(self, tokens, key, knobs: SamplingKnobs, capacity: int | None = None):
+        """Dense prefill of ``tokens [P]`` from position 0 into a fresh KV cache of
+        ``capacity`` positions (default: the config's); returns the first new token."""
         tokens = check_tokens(tokens, self.layout.config)
-        self.reset()
+        self.reset(capacity)
         padded = np.zeros(bucket(tokens.size), np.int32)  # bucketed: one compile per bucket
         padded[: tokens.size] = tokens
         with self.timeline.span("prefill", -1, tokens.size):
