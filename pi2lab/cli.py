@@ -59,18 +59,46 @@ def _load_for_engine(name: str, engine: str, threshold: float):
     return model, SparseDecoder.oracle(model.config)
 
 
+def memory_budget(text: str) -> int | float:
+    """``0.5`` (share of the FFN bytes), ``123456`` (bytes), or ``2GB`` / ``512MiB``."""
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    for suffix, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * scale)
+    value = float(t)
+    return value if value <= 1 and "." in t else int(value)
+
+
 def _cmd_generate(args) -> int:
+    from pi2lab.engine.generate import generate
+    from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
+
+    if args.engine in ENGINES:
+        config = OffloadConfig(
+            engine=args.engine, memory_budget=args.memory_budget, threshold=args.threshold
+        )
+        with OffloadEngine(args.model, config) as eng:
+            return _print_generation(
+                args, generate(eng, args.prompt, engine=args.engine, **_sampling(args))
+            )
     model, sparse = _load_for_engine(args.model, args.engine, args.threshold)
-    res = model.generate(
-        args.prompt,
+    return _print_generation(
+        args, generate(model, args.prompt, engine=args.engine, sparse=sparse, **_sampling(args))
+    )
+
+
+def _sampling(args) -> dict:
+    return dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        engine=args.engine,
-        sparse=sparse,
     )
+
+
+def _print_generation(args, res) -> int:
     if args.json:
         print(json.dumps(res.to_json()))
     else:
@@ -214,15 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi2lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("generate", help="generate text with the dense engine")
-    p.add_argument("--model", default="builtin")
+    p = sub.add_parser("generate", help="generate text (dense, sparse or offloaded decode)")
+    p.add_argument(
+        "--model", default="builtin", help="model; for offload engines a `pi2lab convert` dir"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", choices=["dense", "sparse"], default="dense")
+    p.add_argument(
+        "--engine",
+        choices=["dense", "sparse", "powerinfer2", "llmflash", "dense-stream"],
+        default="dense",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=memory_budget,
+        default=0.5,
+        help="offload engines: FFN share (0.5) or total bytes (2GB, 512MiB, 123456)",
+    )
     p.add_argument(
         "--threshold", type=float, default=0.0, help="predictor logit threshold (sparse engine)"
     )
@@ -298,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
-    p.add_argument("what", choices=["dense", "sparse"])
+    p.add_argument("what", choices=["dense", "sparse", "offload"])
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
     p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")

@@ -58,9 +58,13 @@ def decode_rate(step, params: dict, cfg: ModelConfig, steps: int, prompt_len: in
 
 
 def run(what: str, **kwargs) -> dict:
-    from pi2lab.bench import dense, sparse
+    from pi2lab.bench import dense, offload, sparse
 
-    benches = {"dense": dense.bench_dense, "sparse": sparse.bench_sparse}
+    benches = {
+        "dense": dense.bench_dense,
+        "sparse": sparse.bench_sparse,
+        "offload": offload.bench_offload,
+    }
     return benches[what](**{k: v for k, v in kwargs.items() if v is not None})
 
 
@@ -79,4 +83,28 @@ def format_table(result: dict) -> str:
             )
         elif isinstance(row, dict) and "summary" in row:
             lines.append(f"  {name}: {row['summary']}")
+        elif isinstance(row, dict) and "engines" in row:
+            lines += _offload_lines(name, row)
     return "\n".join(lines)
+
+
+def _offload_lines(name: str, row: dict) -> list[str]:
+    lines = [
+        f"  {name}: {row['model']}, FFN {row['ffn_mb']:.0f} MB in {row['unit_kb']:g} KiB units"
+    ]
+    for engine, r in row["engines"].items():
+        if "ms_per_token" not in r:
+            lines.append(f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s")
+            continue
+        lines.append(
+            f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s  {r['mb_read_per_token']:>8.2f}"
+            f" MB read/token  hit {r['hit_rate']:.3f}  I/O share {r['io_share']:.3f}  "
+            f"memory {r['memory_mb']:.0f} MB"
+        )
+    lines += [f"    {k}: {v}" for k, v in row["ratios"].items()]
+    lines.append(f"    policies at 50% (hit rate): {row['policies_at_50%']}")
+    for p in row.get("storage_curve", []):
+        lines.append(
+            f"    storage {p['block_kb']:>6g} KiB x {p['threads']} threads: {p['mb_per_s']} MB/s"
+        )
+    return lines

@@ -87,6 +87,21 @@ class NeuronCache:
             bypass=a.bypass,
         )
 
+    def discard(self, ids: np.ndarray) -> None:
+        """Drops resident units ``ids`` (e.g. half-read by gate-first loading) and frees their
+        slots. Only for unit-granular regions: a segmented policy's hot groups stay whole."""
+        ids = ids[self.slot_of[ids] >= 0]
+        if not ids.size:
+            return
+        hot = getattr(self.state, "hot_units", 0)
+        if np.any(ids < hot):
+            raise ValueError(f"units {ids[ids < hot]} are in the hot region; keep groups whole")
+        self.state.resident[ids] = False
+        n = self._n_free
+        self._free[n : n + ids.size] = self.slot_of[ids]
+        self._n_free = n + ids.size
+        self.slot_of[ids] = -1
+
     def check(self) -> None:
         """Raise ``AssertionError`` unless the policy state and slot map agree."""
         res = resident(self.state)

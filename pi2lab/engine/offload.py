@@ -102,9 +102,11 @@ class OffloadConfig:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"), donate_argnames=("k", "v"))
-def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, k, v, pos):
-    """Attention of one layer for ``x [1, T, D]`` at ``pos``; the FFN input ``h``, and for
-    decode the cold-cluster mask of the predictor (``mode``: predict, replay, all, none)."""
+def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, delta, k, v, pos):
+    """Adds the previous layer's FFN output ``delta [T, D]`` to ``x [1, T, D]``, runs this
+    layer's attention at ``pos``; returns ``x``, the FFN input ``h``, and for decode the
+    cold-cluster mask of the predictor (``mode``: predict, replay, all, none)."""
+    x = x + delta.astype(x.dtype)[None]
     t = x.shape[1]
     q_pos = pos + jnp.arange(t)
     x, k, v = attention_block(
@@ -118,13 +120,21 @@ def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, k, v, pos):
         clusters = pred["clusters"]
     else:
         clusters = jnp.ones(nc if mode == "all" else 0, bool)
-    return x, h, clusters, k, v
+    return x, h[0], clusters, k, v
+
+
+@jax.jit
+def _embed(embed, tokens):
+    return embed[tokens][None]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _head(params, cfg, x, last, key, pos, knobs):
-    """Samples after row ``last`` of ``x [1, T, D]`` (the key of position ``pos``)."""
-    x = layers.rms_norm(x[0, last], params["final_norm"], cfg.rms_norm_eps)
+def _head(params, cfg, x, delta, last, key, pos, knobs):
+    """Samples after row ``last`` of ``x [1, T, D]`` plus the last FFN output ``delta``
+    (the key of position ``pos``)."""
+    x = layers.rms_norm(
+        x[0, last] + delta[last].astype(x.dtype), params["final_norm"], cfg.rms_norm_eps
+    )
     head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
     logits = jnp.einsum("d,vd->v", x, head).astype(jnp.float32)
     return sample(logits, jax.random.fold_in(key, pos), knobs), logits
@@ -224,7 +234,10 @@ class OffloadEngine:
             for i in range(n_ffn):
                 cache = NeuronCache(config.policy_for(layout.units, per_ffn), layout.units, per_ffn)
                 scales = tensors.get(f"scales.{i}")
-                self.stores.append(FfnStore(layout, i, cache, scales, self.staging))
+                store = FfnStore(layout, i, cache, scales, self.staging)
+                hot_units = self.plan.layers[i].hot // layout.cluster_size
+                store.gate_first_from = max(store.gate_first_from, hot_units)
+                self.stores.append(store)
             self._fill_prefilled()
         except BaseException:
             self.io.close()
@@ -322,7 +335,8 @@ class OffloadEngine:
     def _run(self, tokens: np.ndarray, pos: int, decode: bool):
         cfg = self.layout.config
         mode, preds = self._front_mode(decode)
-        x = self.params["embed"][jnp.asarray(tokens)][None]  # [1, T, D]
+        x = _embed(self.params["embed"], tokens)  # [1, T, D]
+        out = np.zeros((tokens.size, cfg.hidden_size), np.float32)
         units, hits = [], []
         for i, p in enumerate(self.params["layers"]):
             lp = self.plan.layers[i]
@@ -336,12 +350,13 @@ class OffloadEngine:
                     lp,
                     mode,
                     x,
+                    out,
                     self.kv[0][i],
                     self.kv[1][i],
                     jnp.int32(pos),
                 )
                 self.kv[0][i], self.kv[1][i] = k, v
-                h_np = np.asarray(h[0])  # [T, D]
+                h_np = np.asarray(h)  # [T, D]
                 clusters = np.asarray(clusters)
             store = self.stores[i]
             if mode == "none":
@@ -354,8 +369,7 @@ class OffloadEngine:
                 out = self.scheduler.run(store, i, h_np[0], need, self.t)[None]
                 units.append(need.size)
                 hits.append(int(before.sum()))
-            x = x + jnp.asarray(out, x.dtype)[None]
-        return x, units, hits
+        return x, out, units, hits
 
     def reset(self, capacity: int | None = None) -> None:
         cfg = self.layout.config
@@ -373,9 +387,9 @@ class OffloadEngine:
         padded = np.zeros(bucket(tokens.size), np.int32)  # bucketed: one compile per bucket
         padded[: tokens.size] = tokens
         with self.timeline.span("prefill", -1, tokens.size):
-            x, _, _ = self._run(padded, 0, decode=False)
+            x, out, _, _ = self._run(padded, 0, decode=False)
             last = jnp.int32(tokens.size - 1)
-            token, _ = _head(self.params, self.layout.config, x, last, key, last, knobs)
+            token, _ = _head(self.params, self.layout.config, x, out, last, key, last, knobs)
         return token
 
     def step(self, token, pos: int, key, knobs: SamplingKnobs):
@@ -383,10 +397,10 @@ class OffloadEngine:
         self.io.clear_log()
         self.timeline.events.clear()
         start = time.perf_counter()
-        x, units, hits = self._run(np.asarray([int(token)], np.int32), pos, decode=True)
+        x, out, units, hits = self._run(np.asarray([int(token)], np.int32), pos, decode=True)
         with self.timeline.span("head", -1):
             token, logits = _head(
-                self.params, self.layout.config, x, jnp.int32(0), key, jnp.int32(pos), knobs
+                self.params, self.layout.config, x, out, jnp.int32(0), key, jnp.int32(pos), knobs
             )
             token.block_until_ready()
         self.timeline.add_reads(list(self.io.log))

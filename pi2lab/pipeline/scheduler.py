@@ -107,6 +107,9 @@ class FfnStore:
         self.layout, self.index, self.cache, self.scales = layout, index, cache, scales
         self.slots = staging.allocate(cache.capacity)
         self.staging = staging
+        # gate-first loading applies from this unit on: past the plan's hot block and a
+        # segmented policy's hot region (whose clusters are read whole)
+        self.gate_first_from = getattr(cache.state, "hot_units", 0)
 
     def compute(self, x: np.ndarray, src: np.ndarray, rows, units: np.ndarray, kind, thr):
         """FFN contribution ``[..., D]`` of ``units`` whose bytes are ``src[rows]``
@@ -147,8 +150,14 @@ class Scheduler:
         self.layout, self.io, self.config, self.timeline = layout, io, config, timeline
         cfg = layout.config
         self.kind, self.thr = cfg.ffn_activation, cfg.activation_threshold
-        if config.gate_first:
-            raise ConfigError("gate-first two-phase loading is not built yet; use gate_first=False")
+        if config.gate_first and (layout.cluster_size != 1 or cfg.ffn_activation == "silu"):
+            raise ConfigError(
+                f"gate-first loading needs one neuron per unit and a ReLU-family FFN; this "
+                f"layout has cluster size {layout.cluster_size}, activation "
+                f"{cfg.ffn_activation!r}"
+            )
+        itemsize = {"f32": 4, "f16": 2, "int8": 1, "int4": 0.5}[layout.dtype]
+        self.gate_bytes = int(cfg.hidden_size * itemsize)
 
     def _compute_resident(self, store, layer, x, units, slots):
         out = 0.0
@@ -166,6 +175,20 @@ class Scheduler:
                 out = out + store.compute(x, store.slots, rest, units[pick], self.kind, self.thr)
         return out
 
+    def _gate_fires(self, store, x, gates) -> np.ndarray:
+        """Whether each ``(unit, slot)`` of ``gates`` (gate row read) has a firing gate."""
+        units = np.array([u for u, _ in gates])
+        slots = np.array([s for _, s in gates])
+        fires = np.empty(len(gates), bool)
+        for src, pick, rows in (
+            (store.slots, slots >= 0, slots),
+            (store.staging.rows, slots < 0, -2 - slots),
+        ):
+            if pick.any():
+                gate, _, _ = self.layout.decode_units(src[rows[pick]], store.scales, units[pick])
+                fires[pick] = gate_fires(gate @ x, self.kind, self.thr)
+        return fires
+
     def _wait(self, pending, layer, how):
         with self.timeline.span("wait", layer):
             done, _ = cf.wait([r.future for r in pending], return_when=how)
@@ -179,15 +202,27 @@ class Scheduler:
         acc = store.cache.access(units, t)
         mode = self.config.mode
         wanted = np.isin(acc.admit, units)  # the rest is read-ahead: loaded, not computed
+        gate_first, split = self.config.gate_first, store.gate_first_from
+        # (unit, slot, phase): phase 0 = whole unit, 1 = gate row, 2 = up and down; slot -1 =
+        # a staging row to be assigned, -2 - r = staging row r
         queue = collections.deque(
-            [*zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True)]
-            + [(u, -1) for u in acc.bypass.tolist()]
-            + [*zip(acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True)]
+            (u, s, 1 if gate_first and u >= split else 0)
+            for u, s in [
+                *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
+                *((u, -1) for u in acc.bypass.tolist()),
+            ]
+        )
+        queue.extend(
+            (u, s, 0)
+            for u, s in zip(
+                acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True
+            )
         )
         requested = set(units.tolist())
         free_rows = list(range(len(store.staging.rows)))
         limit = self.config.depth if mode == "cluster" else len(queue)
-        stride = self.layout.stride
+        stride, gb, ub = self.layout.stride, self.gate_bytes, self.layout.unit_bytes
+        parts = {0: (0, stride), 1: (0, gb), 2: (gb, ub)}
         pending, inflight = [], 0
         out = np.zeros(self.layout.config.hidden_size, np.float32)
 
@@ -195,28 +230,42 @@ class Scheduler:
             nonlocal inflight
             batch = []
             while queue and inflight + len(batch) < limit:
-                u, s = queue[0]
-                if s < 0:  # staging row r is written -1 - r
+                u, s, phase = queue[0]
+                if s == -1:
                     if not free_rows:
                         break
-                    s = -1 - free_rows.pop()
+                    s = -2 - free_rows.pop()
                 queue.popleft()
-                dest = store.slots[s] if s >= 0 else store.staging.rows[-1 - s]
-                batch.append(ReadRequest(store.index, u * stride, stride, dest, (layer, u, s)))
+                dest = store.slots[s] if s >= 0 else store.staging.rows[-2 - s]
+                a, b = parts[phase]
+                tag = (layer, u, s, phase)
+                batch.append(ReadRequest(store.index, u * stride + a, b - a, dest[a:b], tag))
             pending.extend(self.io.submit(batch) if batch else [])
             inflight += len(batch)
 
+        def compute(pairs, src):
+            nonlocal out
+            if pairs:
+                pairs = np.array(pairs)
+                out += store.compute(x, src, pairs[:, 1], pairs[:, 0], self.kind, self.thr)
+
         def consume(reads):
-            nonlocal inflight, out
+            nonlocal inflight
             tags = [req.tag for r in reads for req in r.requests]
             inflight -= len(tags)
-            cached = np.array([(u, s) for _, u, s in tags if s >= 0 and u in requested])
-            staged = np.array([(u, -1 - s) for _, u, s in tags if s < 0])
-            with self.timeline.span("compute", layer, len(cached) + len(staged)):
-                for src, pairs in ((store.slots, cached), (store.staging.rows, staged)):
-                    if len(pairs):
-                        out += store.compute(x, src, pairs[:, 1], pairs[:, 0], self.kind, self.thr)
-            free_rows.extend(staged[:, 1].tolist() if len(staged) else [])
+            full = [(u, s) for _, u, s, phase in tags if phase != 1]
+            gates = [(u, s) for _, u, s, phase in tags if phase == 1]
+            finished = list(full)  # units done with their staging rows
+            with self.timeline.span("compute", layer, len(tags)):
+                if gates:
+                    fires = self._gate_fires(store, x, gates)
+                    silent = [g for g, f in zip(gates, fires, strict=True) if not f]
+                    queue.extendleft((u, s, 2) for (u, s), f in zip(gates, fires, strict=True) if f)
+                    store.cache.discard(np.array([u for u, s in silent if s >= 0], np.int64))
+                    finished += silent
+                compute([(u, s) for u, s in full if s >= 0 and u in requested], store.slots)
+                compute([(u, -2 - s) for u, s in full if s < -1], store.staging.rows)
+            free_rows.extend(-2 - s for _, s in finished if s < -1)
 
         submit()
         if mode != "none":

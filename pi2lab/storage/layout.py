@@ -93,7 +93,7 @@ def quantize(
 def dequantize(q: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
     """Inverse of :func:`quantize`: float32 ``[..., D]``."""
     if scales is None:
-        return q.astype(np.float32)
+        return q.astype(np.float32, copy=False)  # f32 bundles: a view, no copy
     if dtype == "int4":
         lo = (q & 0x0F).astype(np.int8) - 8
         hi = (q >> 4).astype(np.int8) - 8

@@ -170,5 +170,44 @@ def test_bad_settings_are_refused(flash):
         OffloadConfig(memory_budget=1.5)
     with pytest.raises(ConfigError, match="multiples of the layout's unit"):
         OffloadEngine(path, plan=SparsePlan.uniform(CONFIGS["drelu"], hot=2, cluster_size=2))
-    with pytest.raises(ConfigError, match="not built yet"):
+    with pytest.raises(ConfigError, match="gate-first loading needs one neuron per unit"):
         OffloadEngine(path, OffloadConfig(pipeline=PipelineConfig(gate_first=True)))
+
+
+@pytest.mark.parametrize("policy", [None, LRU()])
+@pytest.mark.parametrize("budget", [0.0, 0.5])
+def test_gate_first_gives_the_same_tokens_reading_less(tmp_path, policy, budget):
+    # hidden 1024 in f32: a gate row is 4 KiB, so phases are read without alignment padding
+    cfg = tiny_config(hidden_size=1024, **BASE)
+    model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(2), std=0.05))
+    plan = SparsePlan.uniform(cfg, **PLAN)
+    preds = random_predictors(cfg, jax.random.key(3))
+    path = convert(
+        cfg,
+        jax.tree.map(np.asarray, model.params),
+        tmp_path / "c1",
+        cluster_size=1,
+        predictors=preds,
+        plan=plan,
+    )
+    want = pl.generate(
+        model,
+        PROMPT,
+        max_new_tokens=10,
+        engine="sparse",
+        sparse=SparseDecoder(plan=plan, predictors=preds),
+        stop_at_eos=False,
+    )
+    read = {}
+    for gate_first in (False, True):
+        pipe = PipelineConfig(gate_first=gate_first, depth=3)
+        config = OffloadConfig(memory_budget=budget, pipeline=pipe, policy=policy)
+        with OffloadEngine(path, config) as eng:
+            got = pl.generate(
+                eng, PROMPT, max_new_tokens=10, engine="powerinfer2", stop_at_eos=False
+            )
+            read[gate_first] = eng.last.bytes_read
+            for store in eng.stores:
+                store.cache.check()
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+    assert read[True] < read[False]

@@ -1,0 +1,323 @@
+"""``pi2lab bench offload``: the offload engines side by side, reads bypassing the page cache.
+
+(a) the bundled model with its trained predictors, converted to a flash layout; (b) a
+synthetic dReLU model with 7B layer shapes (hidden 4096, FFN 14336) whose FFN bundles (f32,
+one neuron per 48 KiB unit, >= 2 GB) live in a real file, with neuron masks replayed from the
+Zipf-like firing profile of ``pi2lab bench sparse`` (neurons fire independently with their
+frequency, so a cache gains from the skew, not from token-to-token reuse).
+
+Per model, in one run with the engines interleaved block by block: tokens/s of ``powerinfer2``,
+``llmflash`` and ``dense-stream`` at an FFN budget of 50%, ``powerinfer2`` at 60% and with
+everything resident (100%, the same compute path without reads), and the in-memory JAX sparse
+decode; bytes read per token, hit rate and I/O share of the critical path per engine; hit rate
+per cache policy replayed through the policy code on the same masks (with the Belady bound);
+and the storage bandwidth curve of the file the bundles are read from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.bench import machine
+from pi2lab.bench.sparse import zipf_frequency
+from pi2lab.cache import simulate
+from pi2lab.config import ModelConfig
+from pi2lab.engine.offload import OffloadConfig, OffloadEngine
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
+from pi2lab.engine.state import KVCache
+from pi2lab.errors import StorageError
+from pi2lab.model.pretrained import data_dir
+from pi2lab.policies import LFU, LRU, Belady, Segmented, StaticHot, Window
+from pi2lab.storage.io import measure_bandwidth
+from pi2lab.storage.layout import FFN_KEYS, convert, convert_pretrained, open_layout
+
+ENGINE_RUNS = {  # name -> settings
+    "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
+    "llmflash": OffloadConfig(engine="llmflash", memory_budget=0.5),
+    "dense-stream": OffloadConfig(engine="dense-stream", memory_budget=0.5),
+    "powerinfer2@60%": OffloadConfig(engine="powerinfer2", memory_budget=0.6),
+    # every unit resident from the start: the same compute path, no reads
+    "in-memory (offload path, 100%)": OffloadConfig(memory_budget=1.0, policy=StaticHot()),
+}
+
+
+def bench_dir() -> Path:
+    """Where benchmark layouts are kept between runs (``PI2LAB_BENCH_DIR`` overrides); it must
+    be on a filesystem that supports ``O_DIRECT`` for the figures to bypass the page cache."""
+    return Path(os.environ.get("PI2LAB_BENCH_DIR", Path.home() / ".cache" / "pi2lab" / "bench"))
+
+
+def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336) -> ModelConfig:
+    return ModelConfig(
+        architecture="bamboo",
+        ffn_activation="drelu",
+        vocab_size=4096,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_layers=layers,
+        num_heads=hidden // 128,
+        num_kv_heads=max(hidden // 512, 1),
+        head_dim=128,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+
+
+def synthetic_layout(cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int = 0):
+    """The synthetic model's flash layout at ``path``, written once (random normal weights,
+    std 0.02) and reused while it opens with the same config."""
+    try:
+        layout = open_layout(path)
+        if layout.config == cfg and layout.plan == plan and layout.cluster_size == 1:
+            return layout
+    except StorageError:
+        pass
+    rng = np.random.default_rng(seed)
+    d, f, g, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_kv_heads, cfg.head_dim
+
+    def normal(*shape):
+        return (rng.standard_normal(shape, np.float32) * 0.02).astype(np.float32)
+
+    params = {
+        "embed": normal(cfg.vocab_size, d),
+        "final_norm": np.ones(d, np.float32),
+        "layers": [
+            {
+                "attn_norm": np.ones(d, np.float32),
+                "ffn_norm": np.ones(d, np.float32),
+                "q": normal(d, cfg.num_heads, k),
+                "k": normal(d, g, k),
+                "v": normal(d, g, k),
+                "o": normal(cfg.num_heads, k, d),
+                **{name: normal(f, d) for name in FFN_KEYS},
+            }
+            for _ in range(cfg.num_layers)
+        ],
+    }
+    return open_layout(convert(cfg, params, path, cluster_size=1, plan=plan))
+
+
+def replay_masks(rng, frequency: np.ndarray, plan: SparsePlan, steps: int) -> np.ndarray:
+    """Cold-cluster masks ``[steps, L, NC]`` (one-neuron clusters) from independent firing."""
+    hot = plan.layers[0].hot
+    return rng.random((steps, len(plan.layers), frequency.size - hot)) < frequency[hot:]
+
+
+def _run_engines(layout, runs: dict, masks_for, steps: int, repeats: int, prompt) -> dict:
+    """Opens every engine, then decodes ``steps`` tokens with each in turn, ``repeats`` times
+    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None."""
+    knobs, key = SamplingKnobs.make(), jax.random.key(0)
+    engines, state, out = {}, {}, {}
+    try:
+        first = masks_for(0)
+        replay = None if first is None else [{"clusters": jnp.asarray(m)} for m in first[0]]
+        for name, config in runs.items():
+            config = dataclasses.replace(config, kv_capacity=512)
+            eng = OffloadEngine(layout, config, predictors=replay)
+            engines[name] = eng
+            token = eng.prefill(prompt, key, knobs)
+            state[name] = (len(prompt), token)
+            out[name] = {"seconds": [], "stats": [], "memory_bytes": eng.memory_bytes}
+        for block in range(repeats + 1):
+            masks = masks_for(block)
+            for name, eng in engines.items():
+                pos, token = state[name]
+                for t in range(steps):
+                    if masks is not None:  # replayed: the engine runs no predictor
+                        eng.predictors = [{"clusters": jnp.asarray(m)} for m in masks[t]]
+                    token, _ = eng.step(token, pos, key, knobs)
+                    pos += 1
+                    if block:  # block 0 warms caches and compiles
+                        out[name]["seconds"].append(eng.last.seconds)
+                        out[name]["stats"].append(eng.last)
+                state[name] = (pos, token)
+    finally:
+        for eng in engines.values():
+            eng.close()
+    return {name: _summary(row) for name, row in out.items()}
+
+
+def _summary(row: dict) -> dict:
+    stats = row["stats"]
+    units = sum(sum(s.units) for s in stats)
+    hits = sum(sum(s.hits) for s in stats)
+    return {
+        "tokens_per_s": round(1.0 / float(np.median(row["seconds"])), 3),
+        "ms_per_token": round(float(np.median(row["seconds"])) * 1e3, 2),
+        "tokens": len(stats),
+        "mb_read_per_token": round(float(np.mean([s.bytes_read for s in stats])) / 1e6, 3),
+        "hit_rate": round(hits / max(units, 1), 4),
+        "io_share": round(float(np.median([s.io_share for s in stats])), 4),
+        "memory_mb": round(row["memory_bytes"] / 1e6, 1),
+    }
+
+
+def policy_hit_rates(unit_masks: list[np.ndarray], capacity: int, hot_units: int) -> dict:
+    """Hit rate per policy replayed on per-layer unit masks ``[T, U]`` at ``capacity`` units."""
+    policies = {
+        "LRU": LRU(),
+        "LFU": LFU(),
+        "window(5)": Window(k=5),
+        "static-hot": StaticHot(),
+        "segmented": Segmented(hot_units=hot_units, hot_fraction=0.5),
+    }
+    out = {}
+    for name, policy in policies.items():
+        rates = [simulate(policy, m, capacity, warmup=len(m) // 4).hit_rate for m in unit_masks]
+        out[name] = round(float(np.mean(rates)), 4)
+    out["belady (bound)"] = round(
+        float(
+            np.mean(
+                [
+                    simulate(Belady.from_masks(m), m, capacity, warmup=len(m) // 4).hit_rate
+                    for m in unit_masks
+                ]
+            )
+        ),
+        4,
+    )
+    return out
+
+
+def _units_from_clusters(plan: SparsePlan, clusters: np.ndarray, unit: int) -> np.ndarray:
+    """Cold-cluster masks ``[T, NC]`` of one layer -> unit masks ``[T, U]`` (hot block set)."""
+    lp = plan.layers[0]
+    per = lp.cluster_size // unit
+    hot = np.ones((len(clusters), lp.hot // unit), bool)
+    return np.concatenate([hot, np.repeat(clusters, per, axis=1)], axis=1)
+
+
+def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) -> float:
+    """Tokens/s of in-memory JAX sparse decode (``sparse_decode_step``) on replayed masks."""
+    knobs, key = SamplingKnobs.make(), jax.random.key(0)
+    cache = KVCache.zeros(cfg, 512)
+    token, seconds = jnp.int32(1), []
+    for t, m in enumerate(masks):
+        preds = [{"clusters": jnp.asarray(x)} for x in m]
+        t0 = time.perf_counter()
+        token, _, cache, _ = sparse_decode_step(
+            params,
+            preds,
+            jnp.float32(0),
+            cfg,
+            plan,
+            cache,
+            token,
+            jnp.int32(prompt_len + t),
+            key,
+            knobs,
+        )
+        token.block_until_ready()
+        seconds.append(time.perf_counter() - t0)
+    return round(1.0 / float(np.median(seconds[2:])), 3)
+
+
+def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
+    from pi2lab.predict.profile import ActivationTrace
+
+    layout = open_layout(convert_pretrained("builtin", workdir / "pydoc-drelu"))
+    from pi2lab.model.pretrained import load_pretrained
+
+    prompt = load_pretrained("builtin").encode("Return the number of items in a sequence")
+    engines = _run_engines(layout, ENGINE_RUNS, lambda block: None, steps, repeats, prompt)
+    trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
+    c = layout.cluster_size
+    masks = [
+        trace.active(i)[:2048].reshape(-1, layout.units, c).any(-1)
+        for i in range(layout.config.num_layers)
+    ]
+    return {
+        "model": "pydoc-drelu (bundled)",
+        "unit_kb": layout.stride / 1024,
+        "ffn_mb": layout.ffn_bytes / 1e6,
+        "engines": engines,
+        "policies_at_50%": policy_hit_rates(masks, layout.units // 2, layout.units // 4),
+        "policy_note": "hit rates replayed on 2048 tokens of the recorded held-out trace "
+        "(every neuron's true activation, unit = any of its neurons fires)",
+    }
+
+
+def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dict:
+    cfg = synthetic_config(layers)
+    frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
+    plan = SparsePlan.from_frequency(
+        np.broadcast_to(frequency, (layers, frequency.size)), cluster_size=1
+    )
+    path = bench_dir() / f"synthetic-7b-{layers}l-f32"
+    t0 = time.perf_counter()
+    layout = synthetic_layout(cfg, plan, path, seed)
+    setup_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed + 1)
+    blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
+    prompt = np.arange(1, 5, dtype=np.int32)
+    engines = _run_engines(layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt)
+    params = jax.tree.map(jnp.asarray, layout.full_params())
+    all_masks = np.concatenate(blocks[1:])
+    engines["in-memory JAX sparse decode"] = {
+        "tokens_per_s": _jax_sparse_rate(params, cfg, plan, all_masks[: max(steps, 6)])
+    }
+    del params
+    unit_masks = [_units_from_clusters(plan, all_masks[:, i], 1) for i in range(min(layers, 2))]
+    curve = measure_bandwidth(
+        layout.file_path(0), block_sizes=(4096, 49152, 1 << 20), threads=(1, 2), seconds=0.3
+    )
+    return {
+        "model": f"synthetic dReLU, {layers} layers of 7B shape (4096/14336)",
+        "unit_kb": layout.stride / 1024,
+        "ffn_mb": layout.ffn_bytes / 1e6,
+        "hot_neurons": plan.layers[0].hot,
+        "density": 0.1,
+        "layout_setup_s": round(setup_s, 1),
+        "engines": engines,
+        "policies_at_50%": policy_hit_rates(unit_masks, layout.units // 2, layout.units // 4),
+        "storage_curve": [
+            {
+                "block_kb": p.block / 1024,
+                "threads": p.threads,
+                "mb_per_s": round(p.mb_per_s, 1),
+                "direct": p.direct,
+            }
+            for p in curve
+        ],
+    }
+
+
+def _ratios(engines: dict) -> dict:
+    rate = {name: row["tokens_per_s"] for name, row in engines.items()}
+    pi2 = rate["powerinfer2"]
+    out = {
+        "powerinfer2 / llmflash (target >= 3)": round(pi2 / rate["llmflash"], 2),
+        "powerinfer2 / dense-stream (target >= 15)": round(pi2 / rate["dense-stream"], 2),
+        "powerinfer2@60% / in-memory offload path (target >= 0.9)": round(
+            rate["powerinfer2@60%"] / rate["in-memory (offload path, 100%)"], 2
+        ),
+    }
+    if "in-memory JAX sparse decode" in rate:
+        out["powerinfer2@60% / in-memory JAX sparse decode"] = round(
+            rate["powerinfer2@60%"] / rate["in-memory JAX sparse decode"], 2
+        )
+    return out
+
+
+def bench_offload(quick: bool = False, steps: int | None = None, layers: int | None = None):
+    steps = steps or (4 if quick else 12)
+    repeats = 1 if quick else 3
+    result = {"bench": "offload", "machine": machine()}
+    bench_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=bench_dir()) as tmp:  # O_DIRECT-capable, not tmpfs
+        result["bundled"] = bench_bundled(steps, repeats, Path(tmp))
+    result["bundled"]["ratios"] = _ratios(result["bundled"]["engines"])
+    if not quick or layers:
+        syn = bench_synthetic(steps, repeats, layers or 4)
+        syn["ratios"] = _ratios(syn["engines"])
+        result["synthetic_7b"] = syn
+    return result

@@ -1,0 +1,484 @@
+"""Figures and small widget apps for the neuron-cache and pipeline notebooks (03, 04).
+
+Figure builders take arrays (or timeline rows) and return ``go.Figure``; the apps own their
+controls, one ``go.FigureWidget`` and an ``Output`` for errors, as in :mod:`pi2lab.viz.apps`.
+The helpers between them run the library: trace replay through the real policies
+(:func:`pi2lab.cache.simulate`) and short decodes on the real offload engine.
+
+Shapes: T tokens, L layers, U units per layer, B budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pi2lab.cache import simulate, unit_masks
+from pi2lab.policies import LFU, LRU, Belady, Policy, StaticHot, Window
+
+POLICIES = ("LRU", "LFU", "Window", "StaticHot", "Segmented")
+STAGE_COLORS = {
+    "attention": "#4c78a8",
+    "compute": "#54a24b",
+    "wait": "#e45756",
+    "read": "#f58518",
+    "head": "#b279a2",
+}
+REPLAYED = "replayed on the recorded trace"
+
+# -- trace replay -----------------------------------------------------------------------------
+
+
+def layer_unit_masks(trace, plan, cluster_size: int, tokens: int, *, hot_block: bool = True):
+    """Per-layer unit masks ``[T, U]`` of the first ``tokens`` tokens of an activation trace.
+
+    A unit (``cluster_size`` neurons) is needed when any of its neurons fired. With
+    ``hot_block`` the plan's hot block counts as needed every token, as the sparse decode
+    computes it densely.
+    """
+    return [
+        unit_masks(trace.active(i)[:tokens], cluster_size, hot=lp.hot if hot_block else 0)
+        for i, lp in enumerate(plan.layers)
+    ]
+
+
+def make_policy(
+    name: str, universe: int, capacity: int, *, hot_fraction: float = 0.5, segmented: bool = True
+) -> Policy:
+    """A policy by name. ``Segmented`` is built as the ``powerinfer2`` engine builds it
+    (:meth:`pi2lab.engine.offload.OffloadConfig.policy_for`); without ``segmented`` it is a
+    plain :class:`~pi2lab.policies.LRU`."""
+    from pi2lab.engine.offload import OffloadConfig
+
+    if name == "Segmented":
+        if not segmented:
+            return LRU()
+        return OffloadConfig(hot_fraction=hot_fraction).policy_for(universe, capacity)
+    return {"LRU": LRU, "LFU": LFU, "Window": lambda: Window(k=5), "StaticHot": StaticHot}[name]()
+
+
+def capacity_of(budget: float, universe: int) -> int:
+    """Cache slots for a budget given as a share of the layer's units."""
+    return round(budget * universe)
+
+
+def replay(masks: Sequence[np.ndarray], policy, budget: float, warmup: int = 0):
+    """Hit rate ``[L]`` and units read per token ``[L]`` of ``policy`` (a name, or
+    ``(universe, capacity) -> Policy``) replayed on per-layer masks ``[T, U]``."""
+    factory = policy if callable(policy) else functools.partial(make_policy, policy)
+    rates, reads = [], []
+    for m in masks:
+        cap = capacity_of(budget, m.shape[1])
+        s = simulate(factory(m.shape[1], cap), m, cap, warmup)
+        rates.append(s.hit_rate)
+        reads.append(s.units_read_per_token)
+    return np.array(rates), np.array(reads)
+
+
+def belady_replay(masks: Sequence[np.ndarray], budget: float, warmup: int = 0):
+    """:func:`replay` of Belady's offline optimum (built per layer from its own trace)."""
+    stats = [
+        simulate(Belady.from_masks(m), m, capacity_of(budget, m.shape[1]), warmup) for m in masks
+    ]
+    return np.array([s.hit_rate for s in stats]), np.array([s.units_read_per_token for s in stats])
+
+
+def budget_sweep(masks: np.ndarray, budgets, policies=POLICIES, warmup: int = 0, **kw):
+    """Hit rate per policy against the budget on one layer ``masks [T, U]``: ``{name: [B]}``,
+    Belady's included under ``"Belady"``."""
+    out = {}
+    for name in [*policies, "Belady"]:
+        curve = []
+        for b in budgets:
+            cap = capacity_of(b, masks.shape[1])
+            pol = (
+                Belady.from_masks(masks)
+                if name == "Belady"
+                else make_policy(name, masks.shape[1], cap, **kw)
+            )
+            curve.append(simulate(pol, masks, cap, warmup).hit_rate)
+        out[name] = np.array(curve)
+    return out
+
+
+# -- cache figures ----------------------------------------------------------------------------
+
+
+def cache_by_layer(
+    hit_rate: dict[str, np.ndarray],
+    reads: dict[str, np.ndarray],
+    *,
+    bound_hit_rate: np.ndarray | None = None,
+    bound_reads: np.ndarray | None = None,
+    title: str = f"Neuron cache per layer ({REPLAYED})",
+) -> go.Figure:
+    """Two panels over layers: hit rate and units read from flash per token. Each policy in
+    ``hit_rate`` / ``reads`` (``{name: [L]}``) is a bar set; the bound (Belady) is markers."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("hit rate", "units read from flash per token")
+    )
+    for col, values, bound in ((1, hit_rate, bound_hit_rate), (2, reads, bound_reads)):
+        for k, (name, v) in enumerate(values.items()):
+            v = np.asarray(v, float)
+            fig.add_trace(
+                go.Bar(
+                    x=np.arange(v.size),
+                    y=v,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker_color=_color(k),
+                ),
+                row=1,
+                col=col,
+            )
+        if bound is not None:
+            b = np.asarray(bound, float)
+            fig.add_trace(
+                go.Scatter(
+                    x=np.arange(b.size),
+                    y=b,
+                    mode="markers",
+                    name="Belady (offline optimum)",
+                    legendgroup="Belady",
+                    showlegend=col == 1,
+                    marker=dict(symbol="diamond", size=11, color="black"),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="layer", dtick=1)
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=1)
+    fig.update_layout(
+        title=title, barmode="group", template="plotly_white", height=380, legend_orientation="h"
+    )
+    return fig
+
+
+def hit_rate_vs_budget(
+    budgets: np.ndarray, curves: dict[str, np.ndarray], *, layer: int, bound: str = "Belady"
+) -> go.Figure:
+    """Hit rate against the cache budget (share of the layer's units), one line per policy;
+    the curve named ``bound`` is drawn dashed black."""
+    fig = go.Figure()
+    for k, (name, y) in enumerate(curves.items()):
+        is_bound = name == bound
+        fig.add_trace(
+            go.Scatter(
+                x=np.asarray(budgets, float),
+                y=np.asarray(y, float),
+                mode="lines+markers",
+                name=f"{name} (offline optimum)" if is_bound else name,
+                line=dict(color="black", dash="dash") if is_bound else dict(color=_color(k)),
+            )
+        )
+    fig.update_layout(
+        title=f"Layer {layer}: hit rate against the cache budget ({REPLAYED})",
+        xaxis_title="cache budget (share of the layer's units)",
+        yaxis_title="hit rate",
+        xaxis_tickformat=".0%",
+        yaxis_tickformat=".0%",
+        yaxis_range=[0, 1.05],
+        template="plotly_white",
+        height=380,
+    )
+    return fig
+
+
+def _color(k: int) -> str:
+    palette = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
+    return palette[k % len(palette)]
+
+
+# -- cache app --------------------------------------------------------------------------------
+
+
+class CacheExplorer:
+    """Budget, policy, segmentation and hot-fraction controls over a trace replay.
+
+    ``masks`` are per-layer ``[T, U]`` unit masks of a recorded trace; every change replays
+    them through the real policy code (:func:`pi2lab.cache.simulate`) and redraws hit rate and
+    units read per layer, with Belady's optimum at the same budget as markers.
+    """
+
+    def __init__(self, masks: Sequence[np.ndarray], *, warmup: int = 0, budget: float = 0.25):
+        self.masks, self.warmup = list(masks), warmup
+        self._bound: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        slider = dict(continuous_update=False, readout_format=".0%")
+        self.budget = widgets.FloatSlider(
+            value=budget, min=0.05, max=0.95, step=0.05, description="budget", **slider
+        )
+        self.policy = widgets.Dropdown(options=POLICIES, value="Segmented", description="policy")
+        self.segmented = widgets.Checkbox(value=True, description="segmentation (off: LRU)")
+        self.hot_fraction = widgets.FloatSlider(
+            value=0.5, min=0.0, max=1.0, step=0.1, description="hot fraction", **slider
+        )
+        rate, reads, b_rate, b_reads = self._data()
+        self.figure = go.FigureWidget(
+            cache_by_layer(rate, reads, bound_hit_rate=b_rate, bound_reads=b_reads)
+        )
+        self.errors = widgets.Output()
+        for w in (self.budget, self.policy, self.segmented, self.hot_fraction):
+            w.observe(self._update, names="value")
+        self._sync_controls()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Hit rate ``[L]`` and units read per token ``[L]`` for the current controls."""
+        factory = functools.partial(
+            make_policy,
+            self.policy.value,
+            hot_fraction=self.hot_fraction.value,
+            segmented=self.segmented.value,
+        )
+        return replay(self.masks, factory, self.budget.value, self.warmup)
+
+    def bound(self) -> tuple[np.ndarray, np.ndarray]:
+        """Belady's hit rate and reads ``[L]`` at the current budget (cached per budget)."""
+        b = round(self.budget.value, 4)
+        if b not in self._bound:
+            self._bound[b] = belady_replay(self.masks, b, self.warmup)
+        return self._bound[b]
+
+    def label(self) -> str:
+        if self.policy.value == "Segmented":
+            if not self.segmented.value:
+                return "LRU (segmentation off)"
+            return f"Segmented (hot {self.hot_fraction.value:.0%})"
+        return self.policy.value
+
+    def _data(self):
+        (rate, reads), (b_rate, b_reads) = self.result(), self.bound()
+        name = self.label()
+        return {name: rate}, {name: reads}, b_rate, b_reads
+
+    def _title(self) -> str:
+        return f"{self.label()} at a {self.budget.value:.0%} budget ({REPLAYED})"
+
+    def _sync_controls(self) -> None:
+        seg = self.policy.value == "Segmented"
+        self.segmented.disabled = not seg
+        self.hot_fraction.disabled = not (seg and self.segmented.value)
+        self.figure.layout.title = self._title()
+
+    def _update(self, change=None) -> None:
+        with self.errors, self.figure.batch_update():
+            rate, reads, b_rate, b_reads = self._data()
+            bars, bounds = self.figure.data[0::2], self.figure.data[1::2]
+            for bar, vals in zip(bars, (rate, reads), strict=True):
+                bar.name, bar.y = next(iter(vals)), next(iter(vals.values()))
+            for marker, vals in zip(bounds, (b_rate, b_reads), strict=True):
+                marker.y = vals
+            self._sync_controls()
+
+    def widget(self) -> widgets.Widget:
+        controls = widgets.HBox(
+            [
+                widgets.VBox([self.budget, self.policy]),
+                widgets.VBox([self.segmented, self.hot_fraction]),
+            ]
+        )
+        return widgets.VBox([controls, self.figure, self.errors])
+
+
+# -- decode timeline --------------------------------------------------------------------------
+
+
+def timeline_gantt(rows: Sequence[dict], *, title: str = "One decode token") -> go.Figure:
+    """Gantt chart of one token's events (:meth:`pi2lab.pipeline.timeline.Timeline.rows`):
+    y is the thread (``compute``, ``io0``, ...), one bar per event coloured by stage, hover
+    with layer, units and bytes."""
+    threads = sorted({r["thread"] for r in rows}, key=lambda t: (t != "compute", t))
+    fig = go.Figure()
+    stages = [s for s in STAGE_COLORS if any(r["stage"] == s for r in rows)]
+    stages += sorted({r["stage"] for r in rows} - set(stages))
+    for stage in stages:
+        ev = [r for r in rows if r["stage"] == stage]
+        fig.add_trace(
+            go.Bar(
+                name=stage,
+                orientation="h",
+                y=[r["thread"] for r in ev],
+                base=[r["start_ms"] for r in ev],
+                x=[r["end_ms"] - r["start_ms"] for r in ev],
+                marker_color=STAGE_COLORS.get(stage, "#bab0ac"),
+                customdata=[[r["layer"], r["units"], r["nbytes"] / 1024] for r in ev],
+                hovertemplate=(
+                    f"{stage}<br>layer %{{customdata[0]}}<br>units %{{customdata[1]}}"
+                    "<br>%{customdata[2]:.0f} KiB<br>%{base:.2f} ms + %{x:.2f} ms<extra></extra>"
+                ),
+            )
+        )
+    fig.update_layout(
+        title=title,
+        barmode="overlay",
+        xaxis_title="ms since the token started (measured)",
+        yaxis=dict(categoryorder="array", categoryarray=threads[::-1], title="thread"),
+        template="plotly_white",
+        height=200 + 40 * len(threads),
+        legend_orientation="h",
+    )
+    return fig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeRun:
+    """A short measured decode on the offload engine.
+
+    Attributes:
+      rows: Timeline rows of the last token.
+      steps: :class:`~pi2lab.engine.offload.StepStats` of every decode token.
+      direct: Whether reads bypassed the page cache (O_DIRECT).
+    """
+
+    rows: list[dict]
+    steps: list
+    direct: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        """1 / median token time, skipping the first token (it compiles) when there are more."""
+        secs = [s.seconds for s in self.steps[1:] or self.steps]
+        return 1.0 / float(np.median(secs))
+
+    @property
+    def io_share(self) -> float:
+        """Median share of a token's wall time the compute thread waited on reads."""
+        return float(np.median([s.io_share for s in self.steps[1:] or self.steps]))
+
+
+def decode_run(flash_dir, config, prompt_ids, steps: int, seed: int = 0) -> DecodeRun:
+    """Prefills ``prompt_ids`` and decodes ``steps`` greedy tokens on an
+    :class:`~pi2lab.engine.offload.OffloadEngine`."""
+    import jax
+
+    from pi2lab.engine.offload import OffloadEngine
+    from pi2lab.engine.sampling import SamplingKnobs
+
+    with OffloadEngine(flash_dir, config) as eng:
+        knobs, key = SamplingKnobs.make(), jax.random.key(seed)
+        tok, pos, stats = eng.prefill(prompt_ids, key, knobs), len(prompt_ids), []
+        for _ in range(steps):
+            tok, _ = eng.step(tok, pos, key, knobs)
+            pos += 1
+            stats.append(eng.last)
+        return DecodeRun(rows=eng.timeline.rows(), steps=stats, direct=eng.io.direct)
+
+
+class FlashLayouts:
+    """The bundled model's flash layout per cluster size, converted on first use under
+    ``root`` (``root/c4`` for 4 neurons per unit)."""
+
+    def __init__(self, root, model: str = "builtin"):
+        self.root, self.model = Path(root), model
+        self._paths: dict[int, Path] = {}
+
+    def __call__(self, cluster_size: int) -> Path:
+        from pi2lab.storage.layout import convert_pretrained
+
+        if cluster_size not in self._paths:
+            out = self.root / f"c{cluster_size}"
+            self._paths[cluster_size] = convert_pretrained(
+                self.model, out, cluster_size=cluster_size
+            )
+        return self._paths[cluster_size]
+
+
+def valid_cluster_sizes(plan, candidates=(1, 2, 4, 8, 16, 32, 64)) -> list[int]:
+    """Unit sizes the engine accepts for ``plan``: every hot block and cluster a multiple."""
+    return [
+        c
+        for c in candidates
+        if all(lp.hot % c == 0 and lp.cluster_size % c == 0 for lp in plan.layers)
+    ]
+
+
+# -- pipeline app -----------------------------------------------------------------------------
+
+
+class PipelineExplorer:
+    """Engine and pipeline controls over a measured decode: each change runs a few tokens
+    on the offload engine and redraws the last token's Gantt timeline, with tokens/s and the
+    I/O share of the critical path (both measured here, medians over the tokens after the
+    first).
+
+    Attributes:
+      run: The latest :class:`DecodeRun`.
+    """
+
+    def __init__(self, layouts: FlashLayouts, prompt_ids, *, steps: int, sizes: Sequence[int]):
+        self.layouts, self.prompt_ids, self.steps = layouts, list(prompt_ids), steps
+        from pi2lab.engine.offload import ENGINES
+
+        self.cluster = widgets.Dropdown(options=list(sizes), value=4, description="cluster size")
+        self.depth = widgets.SelectionSlider(
+            options=[1, 2, 4, 8, 16, 32, 64], value=32, description="depth", continuous_update=False
+        )
+        self.io_threads = widgets.IntSlider(
+            value=1, min=1, max=4, description="I/O threads", continuous_update=False
+        )
+        self.mode = widgets.ToggleButtons(options=["none", "matrix", "cluster"], value="cluster")
+        self.engine = widgets.Dropdown(
+            options=list(ENGINES), value="powerinfer2", description="engine"
+        )
+        self.summary = widgets.HTML()
+        self.errors = widgets.Output()
+        self.run = self._decode()
+        self.figure = go.FigureWidget(timeline_gantt(self.run.rows, title=self._title()))
+        self._summarise()
+        for w in self.controls:
+            w.observe(self._update, names="value")
+
+    @property
+    def controls(self) -> tuple[widgets.Widget, ...]:
+        return (self.cluster, self.depth, self.io_threads, self.mode, self.engine)
+
+    def config(self):
+        """The :class:`~pi2lab.engine.offload.OffloadConfig` the controls describe."""
+        from pi2lab.engine.offload import OffloadConfig
+        from pi2lab.pipeline.scheduler import PipelineConfig
+
+        pipe = PipelineConfig(
+            mode=self.mode.value, depth=self.depth.value, io_threads=self.io_threads.value
+        )
+        return OffloadConfig(engine=self.engine.value, memory_budget=0.5, pipeline=pipe)
+
+    def _decode(self) -> DecodeRun:
+        flash = self.layouts(self.cluster.value)
+        return decode_run(flash, self.config(), self.prompt_ids, self.steps)
+
+    def _title(self) -> str:
+        reads = "O_DIRECT" if self.run.direct else "page cache"
+        return (
+            f"Measured: last of {self.steps} tokens, {self.engine.value}, C={self.cluster.value}, "
+            f"{self.mode.value} overlap, depth {self.depth.value}, "
+            f"{self.io_threads.value} I/O thread(s), reads via {reads}"
+        )
+
+    def _summarise(self) -> None:
+        self.summary.value = (
+            f"<b>measured</b>: {self.run.tokens_per_s:.1f} tokens/s, I/O share of the critical "
+            f"path {self.run.io_share:.0%} (medians over tokens 2..{self.steps})"
+        )
+
+    def _update(self, change=None) -> None:
+        with self.errors:
+            self.run = self._decode()
+            new = timeline_gantt(self.run.rows, title=self._title())
+            with self.figure.batch_update():
+                self.figure.data = []
+                self.figure.add_traces(list(new.data))
+                self.figure.layout = new.layout
+            self._summarise()
+
+    def widget(self) -> widgets.Widget:
+        row = widgets.HBox([self.cluster, self.engine, self.io_threads])
+        return widgets.VBox(
+            [row, widgets.HBox([self.depth, self.mode]), self.summary, self.figure, self.errors]
+        )
