@@ -62,6 +62,9 @@ class OffloadConfig:
       pipeline: Overlap mode, depth, I/O threads, gate-first; default per engine.
       policy: Cache policy; default per engine (Segmented, Window(5), StaticHot).
       hot_fraction: Segmented: share of each layer's cache in the hot segment.
+      hot_region: Segmented: the hot region (units managed as hot clusters) over the hot
+        segment's size. 1 (default): the segment holds exactly the profile's hottest clusters,
+        filled at start; above 1 the hot segment runs LRU over hot clusters of a larger region.
       threshold: Predictor logit threshold.
       kv_capacity: KV cache positions.
       direct: Read with O_DIRECT (bypassing the page cache) where the filesystem allows.
@@ -72,6 +75,7 @@ class OffloadConfig:
     pipeline: PipelineConfig | None = None
     policy: Policy | None = None
     hot_fraction: float = 0.5
+    hot_region: float = 1.0
     threshold: float = 0.0
     kv_capacity: int = 256
     direct: bool = True
@@ -97,7 +101,7 @@ class OffloadConfig:
             return Window(k=5)
         if self.engine == "dense-stream":
             return StaticHot()
-        hot = min(units, int(self.hot_fraction * capacity))
+        hot = min(units, int(self.hot_region * self.hot_fraction * capacity))
         return Segmented(hot_units=hot, hot_fraction=self.hot_fraction) if hot else LRU()
 
 
@@ -345,7 +349,7 @@ class OffloadEngine:
                 x, h, clusters, k, v = _layer_front(
                     p,
                     pred,
-                    jnp.float32(self.config.threshold),
+                    np.float32(self.config.threshold),
                     cfg,
                     lp,
                     mode,
@@ -353,7 +357,7 @@ class OffloadEngine:
                     out,
                     self.kv[0][i],
                     self.kv[1][i],
-                    jnp.int32(pos),
+                    np.int32(pos),
                 )
                 self.kv[0][i], self.kv[1][i] = k, v
                 h_np = np.asarray(h)  # [T, D]
@@ -388,7 +392,7 @@ class OffloadEngine:
         padded[: tokens.size] = tokens
         with self.timeline.span("prefill", -1, tokens.size):
             x, out, _, _ = self._run(padded, 0, decode=False)
-            last = jnp.int32(tokens.size - 1)
+            last = np.int32(tokens.size - 1)
             token, _ = _head(self.params, self.layout.config, x, out, last, key, last, knobs)
         return token
 
@@ -400,7 +404,7 @@ class OffloadEngine:
         x, out, units, hits = self._run(np.asarray([int(token)], np.int32), pos, decode=True)
         with self.timeline.span("head", -1):
             token, logits = _head(
-                self.params, self.layout.config, x, out, jnp.int32(0), key, jnp.int32(pos), knobs
+                self.params, self.layout.config, x, out, np.int32(0), key, np.int32(pos), knobs
             )
             token.block_until_ready()
         self.timeline.add_reads(list(self.io.log))
