@@ -21,8 +21,8 @@ was profiled in; only the set, not the order of the sums, matches in-memory spar
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
+import queue
 from typing import Literal
 
 import numpy as np
@@ -59,13 +59,15 @@ class PipelineConfig:
     Attributes:
       mode: ``none``, ``matrix`` (LLM in a Flash) or ``cluster`` (PowerInfer-2).
       depth: Units in flight at once (cluster mode); also the staging rows for bypassed units.
+      batch: Cluster mode: arrived units computed together (fewer, larger products).
       io_threads: Reader threads (PowerInfer-2 argues for one).
       gate_first: Read gate rows first and up/down only where the gate fires.
       coalesce: Merge reads of adjacent units.
     """
 
     mode: OverlapMode = "cluster"
-    depth: int = 32
+    depth: int = 64
+    batch: int = 16
     io_threads: int = 1
     gate_first: bool = False
     coalesce: bool = True
@@ -73,9 +75,10 @@ class PipelineConfig:
     def __post_init__(self):
         if self.mode not in ("none", "matrix", "cluster"):
             raise ConfigError(f"overlap mode {self.mode!r}: expected none, matrix or cluster")
-        if self.depth < 1 or self.io_threads < 1:
+        if min(self.depth, self.io_threads, self.batch) < 1:
             raise ConfigError(
-                f"pipeline depth {self.depth} and io_threads {self.io_threads}: expected >= 1"
+                f"pipeline depth {self.depth}, io_threads {self.io_threads}, batch "
+                f"{self.batch}: expected each >= 1"
             )
 
 
@@ -222,14 +225,6 @@ class Scheduler:
                 fires[pick] = gate_fires(gate @ x, self.kind, self.thr)
         return fires
 
-    def _wait(self, pending, layer, how):
-        with self.timeline.span("wait", layer):
-            done, _ = cf.wait([r.future for r in pending], return_when=how)
-        finished = [r for r in pending if r.future in done]
-        for r in finished:
-            r.future.result()  # a failed read raises its StorageError here
-        return finished, [r for r in pending if r.future not in done]
-
     def run(self, store: FfnStore, layer: int, x: np.ndarray, units: np.ndarray, t: int):
         """The FFN output ``[D]`` for input ``x [D]``, computing exactly ``units``."""
         acc = store.cache.access(units, t)
@@ -238,14 +233,14 @@ class Scheduler:
         gate_first, split = self.config.gate_first, store.gate_first_from
         # (unit, slot, phase): phase 0 = whole unit, 1 = gate row, 2 = up and down; slot -1 =
         # a staging row to be assigned, -2 - r = staging row r
-        queue = collections.deque(
+        todo = collections.deque(
             (u, s, 1 if gate_first and u >= split else 0)
             for u, s in [
                 *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
                 *((u, -1) for u in acc.bypass.tolist()),
             ]
         )
-        queue.extend(
+        todo.extend(
             (u, s, 0)
             for u, s in zip(
                 acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True
@@ -253,28 +248,50 @@ class Scheduler:
         )
         requested = set(units.tolist())
         free_rows = list(range(len(store.staging.rows)))
-        limit = self.config.depth if mode == "cluster" else len(queue)
+        limit = self.config.depth if mode == "cluster" else len(todo)
         stride, gb, ub = self.layout.stride, self.gate_bytes, self.layout.unit_bytes
         parts = {0: (0, stride), 1: (0, gb), 2: (gb, ub)}
-        pending, inflight = [], 0
+        done_q = queue.SimpleQueue()  # reads land here as they complete (I/O threads put)
+        reads_out, inflight = 0, 0  # reads and units submitted, not yet consumed
         out = np.zeros(self.layout.config.hidden_size, np.float32)
 
         def submit():
-            nonlocal inflight
+            nonlocal inflight, reads_out
             batch = []
-            while queue and inflight + len(batch) < limit:
-                u, s, phase = queue[0]
+            while todo and inflight + len(batch) < limit:
+                u, s, phase = todo[0]
                 if s == -1:
                     if not free_rows:
                         break
                     s = -2 - free_rows.pop()
-                queue.popleft()
+                todo.popleft()
                 dest = store.slots[s] if s >= 0 else store.staging.rows[-2 - s]
                 a, b = parts[phase]
                 tag = (layer, u, s, phase)
                 batch.append(ReadRequest(store.index, u * stride + a, b - a, dest[a:b], tag))
-            pending.extend(self.io.submit(batch) if batch else [])
+            for r in self.io.submit(batch) if batch else []:
+                r.future.add_done_callback(lambda _, r=r: done_q.put(r))
+                reads_out += 1
             inflight += len(batch)
+
+        def take(at_least: int) -> list:
+            """Completed reads; blocks (a ``wait`` span) until ``at_least`` units are in."""
+            nonlocal reads_out
+            got, units_in = [], 0
+            while reads_out:
+                try:
+                    r = done_q.get_nowait()
+                except queue.Empty:
+                    if units_in >= at_least:
+                        break
+                    with self.timeline.span("wait", layer):
+                        r = done_q.get()
+                got.append(r)
+                reads_out -= 1
+                units_in += len(r.requests)
+            for r in got:
+                r.future.result()  # a failed read raises its StorageError here
+            return got
 
         def compute(pairs, src):
             nonlocal out
@@ -293,32 +310,23 @@ class Scheduler:
                 if gates:
                     fires = self._gate_fires(store, x, gates)
                     silent = [g for g, f in zip(gates, fires, strict=True) if not f]
-                    queue.extendleft((u, s, 2) for (u, s), f in zip(gates, fires, strict=True) if f)
+                    todo.extendleft((u, s, 2) for (u, s), f in zip(gates, fires, strict=True) if f)
                     store.cache.discard(np.array([u for u, s in silent if s >= 0], np.int64))
                     finished += silent
                 compute([(u, s) for u, s in full if s >= 0 and u in requested], store.slots)
                 compute([(u, -2 - s) for u, s in full if s < -1], store.staging.rows)
             free_rows.extend(-2 - s for _, s in finished if s < -1)
 
-        def poll():
-            nonlocal pending
-            finished = [r for r in pending if r.future.done()]
-            if finished:
-                pending = [r for r in pending if r not in finished]
-                for r in finished:
-                    r.future.result()
-                consume(finished)
+        def step(at_least: int):
+            consume(take(at_least))
             submit()
 
         submit()
-        if mode != "none":
-            between = poll if mode == "cluster" else None
+        if mode != "none":  # cluster: arrived reads are computed between chunks of hits
+            between = (lambda: step(0)) if mode == "cluster" else None
             out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots, between)
-        while pending:
-            how = cf.FIRST_COMPLETED if mode == "cluster" else cf.ALL_COMPLETED
-            finished, pending = self._wait(pending, layer, how)
-            consume(finished)
-            submit()
+        while reads_out:
+            step(min(self.config.batch, inflight) if mode == "cluster" else inflight)
         if mode == "none":
             out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots)
         return out
