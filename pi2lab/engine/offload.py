@@ -45,7 +45,7 @@ from pi2lab.pipeline.scheduler import Buffers, FfnStore, PipelineConfig, Schedul
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.policies import LRU, Policy, Segmented, StaticHot, Window
 from pi2lab.predict.predictor import scores
-from pi2lab.storage.io import IOEngine
+from pi2lab.storage.io import IOEngine, ReadRequest
 from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
 
 EngineKind = Literal["powerinfer2", "llmflash", "dense-stream"]
@@ -265,8 +265,6 @@ class OffloadEngine:
 
     def _fill_prefilled(self) -> None:
         """Reads the units the policies hold from the start (static / segmented hot sets)."""
-        from pi2lab.storage.io import ReadRequest
-
         for store in self.stores:
             units = np.flatnonzero(store.cache.slot_of >= 0)
             reqs = [
@@ -304,11 +302,9 @@ class OffloadEngine:
         """All units, for ``x [T, D]``: resident ones in place, the rest streamed in order."""
         slot_of = store.cache.slot_of
         res = np.flatnonzero(slot_of >= 0)
-        out = self.scheduler._compute_resident(store, layer, x, res, slot_of[res])
+        out = self.scheduler.compute_resident(store, layer, x, res, slot_of[res])
         rest = np.flatnonzero(slot_of < 0)
         rows = len(self.staging.rows)
-        from pi2lab.storage.io import ReadRequest
-
         for a in range(0, rest.size, rows):
             part = rest[a : a + rows]
             reqs = [
@@ -325,13 +321,14 @@ class OffloadEngine:
                 self.io.read(reqs)
             with self.timeline.span("compute", layer, part.size):
                 out = out + store.compute(
-                    x, self.staging.rows, np.arange(part.size), part, *self._act()
+                    x,
+                    self.staging.rows,
+                    np.arange(part.size),
+                    part,
+                    self.scheduler.kind,
+                    self.scheduler.thr,
                 )
         return out
-
-    def _act(self):
-        cfg = self.layout.config
-        return cfg.ffn_activation, cfg.activation_threshold
 
     # -- prefill and decode ----------------------------------------------------------------------
     def _front_mode(self, decode: bool) -> tuple[str, list | None]:

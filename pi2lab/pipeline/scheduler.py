@@ -31,8 +31,8 @@ from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.timeline import Timeline
-from pi2lab.storage.io import IOEngine, ReadRequest
-from pi2lab.storage.layout import FlashLayout
+from pi2lab.storage.io import IOEngine, ReadRequest, aligned_empty
+from pi2lab.storage.layout import BITS, FlashLayout
 
 OverlapMode = Literal["none", "matrix", "cluster"]
 RUN = 16  # slot runs at least this long are computed in place rather than gathered
@@ -153,16 +153,13 @@ class Buffers:
     staging rows (streamed and bypassed units); :meth:`allocate` makes cache slots."""
 
     def __init__(self, stride: int, rows: int):
-        from pi2lab.storage.io import aligned_empty
-
-        self._empty = aligned_empty
         self.stride = stride
         self.nbytes = 0
         self.rows = self.allocate(rows)
 
     def allocate(self, units: int) -> np.ndarray:
         self.nbytes += units * self.stride
-        return self._empty(max(units, 1) * self.stride).reshape(max(units, 1), self.stride)
+        return aligned_empty(max(units, 1) * self.stride).reshape(max(units, 1), self.stride)
 
 
 class Scheduler:
@@ -184,10 +181,9 @@ class Scheduler:
                 f"layout has cluster size {layout.cluster_size}, activation "
                 f"{cfg.ffn_activation!r}"
             )
-        itemsize = {"f32": 4, "f16": 2, "int8": 1, "int4": 0.5}[layout.dtype]
-        self.gate_bytes = int(cfg.hidden_size * itemsize)
+        self.gate_bytes = cfg.hidden_size * BITS[layout.dtype] // 8
 
-    def _compute_resident(self, store, layer, x, units, slots, between=None):
+    def compute_resident(self, store, layer, x, units, slots, between=None):
         """Computes resident ``units`` (in ``slots``): long runs of consecutive slots in
         place, the rest gathered, in chunks; ``between()`` runs after each chunk (the
         cluster pipeline tops up reads there, so the I/O thread never idles on a long
@@ -324,9 +320,9 @@ class Scheduler:
         submit()
         if mode != "none":  # cluster: arrived reads are computed between chunks of hits
             between = (lambda: step(0)) if mode == "cluster" else None
-            out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots, between)
+            out += self.compute_resident(store, layer, x, acc.hits, acc.hit_slots, between)
         while reads_out:
             step(min(self.config.batch, inflight) if mode == "cluster" else inflight)
         if mode == "none":
-            out += self._compute_resident(store, layer, x, acc.hits, acc.hit_slots)
+            out += self.compute_resident(store, layer, x, acc.hits, acc.hit_slots)
         return out
