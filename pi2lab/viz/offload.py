@@ -424,6 +424,7 @@ class PipelineExplorer:
             value=1, min=1, max=4, description="I/O threads", continuous_update=False
         )
         self.mode = widgets.ToggleButtons(options=["none", "matrix", "cluster"], value="cluster")
+        self.gate_first = widgets.Checkbox(value=False, description="gate-first (C=1)")
         self.engine = widgets.Dropdown(
             options=list(ENGINES), value="powerinfer2", description="engine"
         )
@@ -437,7 +438,7 @@ class PipelineExplorer:
 
     @property
     def controls(self) -> tuple[widgets.Widget, ...]:
-        return (self.cluster, self.depth, self.io_threads, self.mode, self.engine)
+        return (self.cluster, self.depth, self.io_threads, self.mode, self.gate_first, self.engine)
 
     def config(self):
         """The :class:`~pi2lab.engine.offload.OffloadConfig` the controls describe."""
@@ -445,7 +446,10 @@ class PipelineExplorer:
         from pi2lab.pipeline.scheduler import PipelineConfig
 
         pipe = PipelineConfig(
-            mode=self.mode.value, depth=self.depth.value, io_threads=self.io_threads.value
+            mode=self.mode.value,
+            depth=self.depth.value,
+            io_threads=self.io_threads.value,
+            gate_first=self.gate_first.value,
         )
         return OffloadConfig(engine=self.engine.value, memory_budget=0.5, pipeline=pipe)
 
@@ -458,7 +462,9 @@ class PipelineExplorer:
         return (
             f"Measured: last of {self.steps} tokens, {self.engine.value}, C={self.cluster.value}, "
             f"{self.mode.value} overlap, depth {self.depth.value}, "
-            f"{self.io_threads.value} I/O thread(s), reads via {reads}"
+            f"{self.io_threads.value} I/O thread(s)"
+            + (", gate-first" if self.gate_first.value else "")
+            + f", reads via {reads}"
         )
 
     def _summarise(self) -> None:
@@ -480,5 +486,11 @@ class PipelineExplorer:
     def widget(self) -> widgets.Widget:
         row = widgets.HBox([self.cluster, self.engine, self.io_threads])
         return widgets.VBox(
-            [row, widgets.HBox([self.depth, self.mode]), self.summary, self.figure, self.errors]
+            [
+                row,
+                widgets.HBox([self.depth, self.mode, self.gate_first]),
+                self.summary,
+                self.figure,
+                self.errors,
+            ]
         )
