@@ -1,0 +1,1 @@
+"""Planning and simulation: hardware profiles, the cost model and planner, the simulator."""
