@@ -67,6 +67,8 @@ class OffloadConfig:
         segment's size. 1 (default): the segment holds exactly the profile's hottest clusters,
         filled at start; above 1 the hot segment runs LRU over hot clusters of a larger region.
       threshold: Predictor logit threshold.
+      layer_units: Cache capacity of each FFN in units (e.g. from the planner); overrides the
+        even split of the budget.
       kv_capacity: KV cache positions.
       direct: Read with O_DIRECT (bypassing the page cache) where the filesystem allows.
     """
@@ -78,6 +80,7 @@ class OffloadConfig:
     hot_fraction: float = 0.5
     hot_region: float = 1.0
     threshold: float = 0.0
+    layer_units: tuple[int, ...] | None = None
     kv_capacity: int = 256
     direct: bool = True
 
@@ -214,17 +217,24 @@ class OffloadEngine:
         stage_rows = max(self.pipeline.depth, -(-STREAM_BYTES // layout.stride))
         staging_bytes = stage_rows * layout.stride
         n_ffn = len(layout.files)
-        if isinstance(config.memory_budget, float):
-            per_ffn = int(config.memory_budget * layout.units)
-        else:
-            spare = config.memory_budget - fixed - staging_bytes
-            if spare < 0:
-                raise BudgetError(
-                    f"memory budget {config.memory_budget} bytes is below the minimum "
-                    f"{fixed + staging_bytes} bytes (resident tensors and KV cache {fixed}, "
-                    f"staging {staging_bytes})"
+        if config.layer_units is not None:
+            caps = list(config.layer_units)
+            if len(caps) != n_ffn or not all(0 <= c <= layout.units for c in caps):
+                raise ConfigError(
+                    f"layer_units {caps}: expected {n_ffn} capacities in 0..{layout.units} units"
                 )
-            per_ffn = min(layout.units, spare // layout.stride // n_ffn)
+        elif isinstance(config.memory_budget, float):
+            caps = [int(config.memory_budget * layout.units)] * n_ffn
+        else:
+            spare = max(config.memory_budget - fixed - staging_bytes, 0)
+            caps = [min(layout.units, spare // layout.stride // n_ffn)] * n_ffn
+        need = fixed + staging_bytes + sum(caps) * layout.stride
+        if isinstance(config.memory_budget, int) and need > config.memory_budget:
+            raise BudgetError(
+                f"memory budget {config.memory_budget} bytes is below the minimum "
+                f"{need} bytes (resident tensors and KV cache {fixed}, staging {staging_bytes}, "
+                f"neuron cache {sum(caps) * layout.stride})"
+            )
         self.io = IOEngine(
             [layout.file_path(i) for i in range(n_ffn)],
             threads=self.pipeline.io_threads,
@@ -237,7 +247,8 @@ class OffloadEngine:
             self.scheduler = Scheduler(layout, self.io, self.pipeline, self.timeline)
             self.stores = []
             for i in range(n_ffn):
-                cache = NeuronCache(config.policy_for(layout.units, per_ffn), layout.units, per_ffn)
+                policy = config.policy_for(layout.units, caps[i])
+                cache = NeuronCache(policy, layout.units, caps[i])
                 scales = tensors.get(f"scales.{i}")
                 store = FfnStore(layout, i, cache, scales, self.staging)
                 hot_units = self.plan.layers[i].hot // layout.cluster_size
@@ -252,7 +263,7 @@ class OffloadEngine:
         # of 7B shape, interleaved: 109 vs 116 ms per token all resident, 262 vs 265 at 50%)
         self._blas = threadpoolctl.ThreadpoolController()
         self.fixed_bytes = fixed
-        self.cache_units = per_ffn
+        self.cache_units = caps
         self.t = 0
         self.kv = None
         self.last: StepStats | None = None

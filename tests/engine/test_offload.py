@@ -211,3 +211,20 @@ def test_gate_first_gives_the_same_tokens_reading_less(tmp_path, policy, budget)
                 store.cache.check()
         np.testing.assert_array_equal(got.tokens, want.tokens)
     assert read[True] < read[False]
+
+
+def test_layer_units_set_each_cache(flash):
+    model, sparse, path = flash
+    with OffloadEngine(path, OffloadConfig(layer_units=(0, 5, 16))) as eng:
+        assert [s.cache.capacity for s in eng.stores] == [0, 5, 16]
+        got = pl.generate(eng, PROMPT, max_new_tokens=8, engine="powerinfer2", stop_at_eos=False)
+    want = pl.generate(
+        model, PROMPT, max_new_tokens=8, engine="sparse", sparse=sparse, stop_at_eos=False
+    )
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    with pytest.raises(ConfigError, match="expected 3 capacities in 0..16"):
+        OffloadEngine(path, OffloadConfig(layer_units=(1, 2)))
+    with OffloadEngine(path, OffloadConfig(memory_budget=0.5)) as eng:
+        minimum = eng.fixed_bytes + eng.staging.rows.nbytes
+    with pytest.raises(BudgetError, match="neuron cache 12288"):
+        OffloadEngine(path, OffloadConfig(memory_budget=minimum, layer_units=(1, 1, 1)))
