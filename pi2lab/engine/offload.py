@@ -267,6 +267,7 @@ class OffloadEngine:
         self.t = 0
         self.kv = None
         self.last: StepStats | None = None
+        self.requests: list | None = None  # a list: each decode token's units per FFN go here
 
     # -- memory -----------------------------------------------------------------------------
     @property
@@ -382,6 +383,8 @@ class OffloadEngine:
                 hits.append(int(np.sum(store.cache.slot_of >= 0)))
             else:
                 need = self._units(i, clusters)
+                if self.requests is not None:
+                    self.requests.append((self.t, i, need))
                 before = store.cache.slot_of[need] >= 0
                 out = self.scheduler.run(store, i, h_np[0], need, self.t)[None]
                 units.append(need.size)

@@ -1,0 +1,105 @@
+"""Model statistics for the cost model, from a flash layout and request traces.
+
+A *request trace* is what the offload engine asks its caches for: per decode token and FFN,
+the units it computes (hot block plus predicted clusters). It is recorded by running the engine
+with everything resident (:func:`record_requests`), or built from replayed masks. Hit-rate
+curves come from replaying it through the same policy objects the engine builds
+(:func:`pi2lab.cache.simulate`) at a grid of capacities.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from pi2lab.cache import simulate
+from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig, OffloadEngine
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.plan.cost import LayerStats, ModelStats
+from pi2lab.plan.planner import policy_instance
+from pi2lab.policies import StaticHot
+from pi2lab.storage.layout import FFN_KEYS, FlashLayout
+
+POLICIES = ("segmented-0.5", "segmented-0.8", "lru", "window5")
+
+
+def record_requests(
+    layout: FlashLayout, prompts: list[np.ndarray], tokens: int, **engine_kwargs
+) -> tuple[list[np.ndarray], float]:
+    """Greedy-decodes ``tokens`` tokens after each prompt with every unit resident; returns
+    the unit masks ``[T, U]`` per FFN and the median seconds per token of that run."""
+    config = OffloadConfig(memory_budget=1.0, policy=StaticHot(), kv_capacity=512)
+    masks = [[] for _ in layout.files]
+    seconds = []
+    knobs, key = SamplingKnobs.make(), jax.random.key(0)
+    with OffloadEngine(layout, config, **engine_kwargs) as eng:
+        for prompt in prompts:
+            tok, pos = eng.prefill(prompt, key, knobs), len(prompt)
+            eng.requests = []
+            for _ in range(tokens):
+                t0 = time.perf_counter()
+                tok, _ = eng.step(tok, pos, key, knobs)
+                seconds.append(time.perf_counter() - t0)
+                pos += 1
+            for _, i, need in eng.requests:
+                row = np.zeros(layout.units, bool)
+                row[need] = True
+                masks[i].append(row)
+    return [np.stack(m) for m in masks], float(np.median(seconds[1:]))
+
+
+def layout_stats(
+    layout: FlashLayout,
+    masks: list[np.ndarray],
+    *,
+    policies=POLICIES,
+    grid: int = 8,
+    kv_capacity: int = 512,
+    depth: int = 64,
+    fires: float = 1.0,
+) -> ModelStats:
+    """Per-FFN statistics of ``layout`` under request masks ``[T, U]`` per FFN."""
+    cfg = layout.config
+    tensors = layout.resident()
+    kv = 2 * cfg.num_layers * kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
+    fixed = sum(a.nbytes for a in tensors.values()) + kv
+    staging = max(depth, -(-STREAM_BYTES // layout.stride)) * layout.stride
+    u = layout.units
+    caps = tuple(sorted({round(u * k / grid) for k in range(grid + 1)}))
+    layers = []
+    for i, m in enumerate(masks):
+        warm = len(m) // 4
+        hits = {
+            label: tuple(
+                simulate(policy_instance(label, u, c), m, c, warmup=warm).hit_rate if c else 0.0
+                for c in caps
+            )
+            for label in policies
+        }
+        resident = sum(
+            a.nbytes
+            for k, a in tensors.items()
+            if k.startswith((f"layers.{i}.", f"predictors.{i}."))
+            and k.split(".")[-1] not in FFN_KEYS
+        )
+        layers.append(
+            LayerStats(
+                units=u,
+                unit_bytes=layout.stride,
+                needed=float(m.sum(1).mean()),
+                fires=fires,
+                resident_bytes=resident,
+                capacities=caps,
+                hit_rates=hits,
+            )
+        )
+    head = tensors["embed"].nbytes if cfg.tie_word_embeddings else tensors["lm_head"].nbytes
+    return ModelStats(
+        name=str(layout.path.name),
+        layers=tuple(layers),
+        head_bytes=head,
+        fixed_bytes=fixed,
+        staging_bytes=staging,
+    )
