@@ -58,12 +58,13 @@ def decode_rate(step, params: dict, cfg: ModelConfig, steps: int, prompt_len: in
 
 
 def run(what: str, **kwargs) -> dict:
-    from pi2lab.bench import dense, offload, sparse
+    from pi2lab.bench import dense, offload, planner, sparse
 
     benches = {
         "dense": dense.bench_dense,
         "sparse": sparse.bench_sparse,
         "offload": offload.bench_offload,
+        "planner": planner.bench_planner,
     }
     return benches[what](**{k: v for k, v in kwargs.items() if v is not None})
 
@@ -85,6 +86,8 @@ def format_table(result: dict) -> str:
             lines.append(f"  {name}: {row['summary']}")
         elif isinstance(row, dict) and "engines" in row:
             lines += _offload_lines(name, row)
+        elif isinstance(row, dict) and "plans" in row:
+            lines += _planner_lines(name, row)
     return "\n".join(lines)
 
 
@@ -107,4 +110,22 @@ def _offload_lines(name: str, row: dict) -> list[str]:
         lines.append(
             f"    storage {p['block_kb']:>6g} KiB x {p['threads']} threads: {p['mb_per_s']} MB/s"
         )
+    return lines
+
+
+def _planner_lines(name: str, row: dict) -> list[str]:
+    lines = [
+        f"  {name}: all resident {row['resident_tokens_per_s']} tokens/s, host overhead "
+        f"{row['overhead_ms_per_layer']} ms/layer (fitted)"
+    ]
+    for r in [*row["plans"], row["planner"]]:
+        lines.append(
+            f"    {r['plan']:<22} predicted {r['predicted_tokens_per_s']:>8.2f}  measured "
+            f"{r['measured_tokens_per_s']:>8.2f} tokens/s  error {r['error']:+.1%}"
+        )
+    lines.append(
+        f"    median |error| {row['median_abs_error']:.1%}; planner / best grid plan "
+        f"at 50%: {row['planner_vs_best_grid_at_50%']}"
+    )
+    lines.append(f"    planner's plan: {row['planner']['plan_json']}")
     return lines

@@ -1,0 +1,162 @@
+"""``pi2lab bench planner``: the cost model and planner against the real offload engine here.
+
+Per model (the bundled one with its predictors; the synthetic 7B-shaped one with replayed Zipf
+masks, see :mod:`pi2lab.bench.offload`): record the engine's requests with everything
+resident (which also times the all-resident token, the one measurement the per-layer host
+overhead is fitted to), build hit-rate curves, then for a grid of hand-made plans (FFN budget
+x overlap mode x I/O threads, capacities split evenly) compare predicted and measured tokens/s;
+finally the planner's plan at the middle budget is measured beside the grid's best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.bench import machine
+from pi2lab.bench.offload import (
+    bench_dir,
+    replay_masks,
+    synthetic_config,
+    synthetic_layout,
+    zipf_frequency,
+)
+from pi2lab.engine.offload import OffloadConfig, OffloadEngine
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.engine.sparse import SparsePlan
+from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.plan.cost import PlanChoice, calibrate, token_seconds
+from pi2lab.plan.planner import ExecutionPlan, plan
+from pi2lab.plan.stats import layout_stats, record_requests
+from pi2lab.policies import StaticHot
+from pi2lab.storage.layout import convert_pretrained, open_layout
+
+GRID_BUDGETS = (0.3, 0.5, 0.7)
+GRID_PIPES = (
+    PipelineConfig(mode="cluster", io_threads=1),
+    PipelineConfig(mode="cluster", io_threads=2),
+    PipelineConfig(mode="matrix", io_threads=1),
+)
+
+
+def measure(layout, config: OffloadConfig, tokens: int, *, prompts=None, masks=None) -> float:
+    """Median seconds per decode token of ``config`` (after one warm-up prompt or block):
+    greedy after each prompt, or with replayed cold-cluster masks ``[T, L, NC]``."""
+    knobs, key = SamplingKnobs.make(), jax.random.key(0)
+    seconds = []
+    replay = None if masks is None else [{"clusters": jnp.asarray(m)} for m in masks[0]]
+    with OffloadEngine(
+        layout, dataclasses.replace(config, kv_capacity=512), predictors=replay
+    ) as eng:
+        for j, prompt in enumerate(prompts or [np.arange(1, 5, dtype=np.int32)] * 2):
+            tok, pos = eng.prefill(prompt, key, knobs), len(prompt)
+            for t in range(tokens):
+                if masks is not None:
+                    eng.predictors = [
+                        {"clusters": jnp.asarray(m)} for m in masks[(j * tokens + t) % len(masks)]
+                    ]
+                tok, _ = eng.step(tok, pos, key, knobs)
+                pos += 1
+                if j:  # the first prompt warms the caches
+                    seconds.append(eng.last.seconds)
+    return float(np.median(seconds))
+
+
+def _grid(stats, layout, profile):
+    for budget, pipe in itertools.product(GRID_BUDGETS, GRID_PIPES):
+        units = int(budget * layout.units)
+        caps = tuple([units] * len(stats.layers))
+        choice = PlanChoice(policy="segmented-0.5", pipeline=pipe)
+        terms = token_seconds(stats, caps, choice, profile)
+        memory = stats.fixed_bytes + stats.staging_bytes + sum(caps) * layout.stride
+        yield (
+            budget,
+            ExecutionPlan(
+                choice=choice,
+                layer_units=caps,
+                memory_bytes=memory,
+                predicted_tokens_per_s=1.0 / terms["total"],
+                terms=terms,
+            ),
+        )
+
+
+def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_masks=None) -> dict:
+    """Predicted against measured tokens/s for the grid and the planner's plan."""
+    if unit_masks is None:
+        unit_masks, resident_s = record_requests(layout, prompts, tokens)
+    else:
+        resident = OffloadConfig(memory_budget=1.0, policy=StaticHot())
+        resident_s = measure(layout, resident, tokens, prompts=prompts, masks=masks)
+    stats = layout_stats(layout, unit_masks)
+    stats = calibrate(stats, profile, resident_s, PlanChoice())
+    rows = []
+    for budget, p in _grid(stats, layout, profile):
+        measured = 1.0 / measure(layout, p.offload_config(), tokens, prompts=prompts, masks=masks)
+        rows.append(
+            _row(
+                f"{budget:.0%} {p.choice.pipeline.mode} io{p.choice.pipeline.io_threads}",
+                p,
+                measured,
+            )
+        )
+    budget = stats.fixed_bytes + stats.staging_bytes + int(0.5 * layout.ffn_bytes)
+    chosen = plan(stats, profile, budget)
+    measured = 1.0 / measure(layout, chosen.offload_config(), tokens, prompts=prompts, masks=masks)
+    planned = _row("planner @ 50%", chosen, measured)
+    errors = [abs(r["error"]) for r in rows]
+    best50 = max(r["measured_tokens_per_s"] for r in rows if r["plan"].startswith("50%"))
+    return {
+        "resident_tokens_per_s": round(1.0 / resident_s, 3),
+        "overhead_ms_per_layer": round(stats.overhead_s * 1e3, 3),
+        "plans": rows,
+        "median_abs_error": round(float(np.median(errors)), 3),
+        "planner": planned | {"plan_json": chosen.to_json()},
+        "planner_vs_best_grid_at_50%": round(planned["measured_tokens_per_s"] / best50, 3),
+    }
+
+
+def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
+    return {
+        "plan": name,
+        "predicted_tokens_per_s": round(p.predicted_tokens_per_s, 3),
+        "measured_tokens_per_s": round(measured, 3),
+        "error": round(p.predicted_tokens_per_s / measured - 1.0, 3),
+    }
+
+
+def bench_planner(
+    quick: bool = False, steps: int | None = None, layers: int | None = None, profile=None
+) -> dict:
+    from pi2lab.model.pretrained import load_pretrained
+    from pi2lab.plan.hardware import measure as measure_hw
+    from pi2lab.plan.hardware import resolve_profile
+
+    tokens = steps or (6 if quick else 16)
+    hw = resolve_profile(profile) if profile else measure_hw(quick=quick)
+    result = {"bench": "planner", "machine": machine(), "profile": hw.to_json()}
+    bench_dir().mkdir(parents=True, exist_ok=True)
+    layout = open_layout(convert_pretrained("builtin", bench_dir() / "pydoc-drelu-flash"))
+    model = load_pretrained("builtin")
+    texts = ["Return the number of items", "The default value of the", "If the file does not"]
+    result["bundled"] = validate(layout, hw, tokens, prompts=[model.encode(t) for t in texts])
+    if not quick or layers:
+        n = layers or 4
+        cfg = synthetic_config(n)
+        frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
+        splan = SparsePlan.from_frequency(
+            np.broadcast_to(frequency, (n, frequency.size)), cluster_size=1
+        )
+        syn = synthetic_layout(cfg, splan, bench_dir() / f"synthetic-7b-{n}l-f32")
+        masks = replay_masks(np.random.default_rng(3), frequency, splan, 4 * tokens)
+        hot = splan.layers[0].hot
+        unit_masks = [
+            np.concatenate([np.ones((len(masks), hot), bool), masks[:, i]], axis=1)
+            for i in range(n)
+        ]
+        result["synthetic_7b"] = validate(syn, hw, tokens, masks=masks, unit_masks=unit_masks)
+    return result

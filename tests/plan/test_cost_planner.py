@@ -1,0 +1,136 @@
+"""Cost model and planner: the max() terms, the MILP against brute force, budgets, and a plan
+the offload engine runs."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+import pi2lab as pl
+from pi2lab.engine.offload import OffloadEngine
+from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.errors import BudgetError
+from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, envelope, token_seconds
+from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.planner import plan
+from pi2lab.plan.stats import layout_stats, record_requests
+from pi2lab.storage.layout import convert, open_layout
+from tests.conftest import tiny_config
+
+PROFILE = HardwareProfile(
+    name="round",
+    description="round numbers",
+    cpu_threads=2,
+    ram_bytes=10**10,
+    memory_gbs=10.0,
+    dense_gbs=10.0,
+    sparse_gbs=5.0,
+    storage=(
+        StoragePoint(block=4096, threads=1, mb_per_s=100.0),
+        StoragePoint(block=1 << 20, threads=1, mb_per_s=1000.0),
+        StoragePoint(block=4096, threads=2, mb_per_s=150.0),
+        StoragePoint(block=1 << 20, threads=2, mb_per_s=1500.0),
+    ),
+    sequential_mbs=1000.0,
+)
+
+
+def layer(units=100, needed=40.0, curve=(0.0, 0.5, 0.8, 0.95, 1.0), resident=10**6):
+    caps = tuple(int(units * k / (len(curve) - 1)) for k in range(len(curve)))
+    return LayerStats(
+        units=units,
+        unit_bytes=4096,
+        needed=needed,
+        resident_bytes=resident,
+        capacities=caps,
+        hit_rates={"lru": curve, "segmented-0.5": curve},
+    )
+
+
+def stats(*layers):
+    return ModelStats(
+        name="hand", layers=layers, head_bytes=10**6, fixed_bytes=10**6, staging_bytes=4096 * 64
+    )
+
+
+def test_envelope_is_the_upper_concave_hull():
+    xs, ys = envelope([0, 1, 2, 3, 4], [0, 0.2, 0.9, 0.97, 1.0])
+    assert list(xs) == [0, 2, 3, 4]  # (1, 0.2) lies under the hull
+    np.testing.assert_allclose(ys, [0, 0.9, 0.97, 1.0])
+
+
+def test_token_seconds_by_hand():
+    s = stats(layer())
+    none = PlanChoice(policy="lru", pipeline=PipelineConfig(mode="none"))
+    t = token_seconds(s, [50], none, PROFILE)  # hit 0.8 at 50 units: 8 misses of 4 KiB
+    io = 8 * 4096 / 100e6
+    compute = 40 * 4096 / 5e9
+    assert t["io"] == pytest.approx(io)
+    assert t["total"] == pytest.approx(1e6 / 1e10 + io + compute + 1e6 / 1e10)
+    cluster = PlanChoice(policy="lru", pipeline=PipelineConfig(mode="cluster", batch=4))
+    t = token_seconds(s, [50], cluster, PROFILE)
+    assert t["ffn"] == pytest.approx(max(io, compute) + 4 * 4096 / 5e9)
+
+
+def test_milp_matches_brute_force_and_respects_the_budget():
+    s = stats(layer(), layer(needed=20.0, curve=(0.0, 0.7, 0.9, 0.97, 1.0)))
+    cache = 100 * 4096
+    budget = s.fixed_bytes + s.staging_bytes + cache
+    best = plan(s, PROFILE, budget, cpu_threads=1)
+    assert sum(best.layer_units) * 4096 <= cache
+    brute = min(
+        token_seconds(s, caps, best.choice, PROFILE)["total"]
+        for caps in itertools.product(range(0, 101, 5), repeat=2)
+        if sum(caps) * 4096 <= cache
+    )
+    assert 1.0 / best.predicted_tokens_per_s <= brute * (1 + 1e-6)
+    bigger = plan(s, PROFILE, budget + 50 * 4096, cpu_threads=1)
+    assert bigger.predicted_tokens_per_s >= best.predicted_tokens_per_s
+
+
+def test_budget_errors_name_the_minimum_and_the_binding_constraint():
+    s = stats(layer())
+    minimum = s.fixed_bytes + s.staging_bytes
+    with pytest.raises(BudgetError, match=f"resident minimum {minimum} bytes"):
+        plan(s, PROFILE, minimum - 1)
+    with pytest.raises(BudgetError, match="the memory budget binds"):
+        plan(s, PROFILE, minimum + 4096, min_tokens_per_s=1e9)
+
+
+def test_a_plan_runs_on_the_engine_and_keeps_the_tokens(tmp_path):
+    cfg = tiny_config(intermediate_size=64, num_layers=3, max_position_embeddings=128)
+    model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(4), std=0.25))
+    sparse_plan = SparsePlan.uniform(cfg, hot=16, cluster_size=8, capacity=6)
+    from tests.engine.test_offload import random_predictors
+
+    preds = random_predictors(cfg, jax.random.key(5))
+    path = convert(
+        cfg,
+        jax.tree.map(np.asarray, model.params),
+        tmp_path / "f",
+        cluster_size=4,
+        predictors=preds,
+        plan=sparse_plan,
+    )
+    layout = open_layout(path)
+    prompt = np.array([5, 6, 7, 8], np.int32)
+    masks, _ = record_requests(layout, [prompt], 10)
+    s = layout_stats(layout, masks)
+    assert [m.shape for m in masks] == [(10, 16)] * 3
+    budget = s.fixed_bytes + s.staging_bytes + 20 * layout.stride
+    chosen = plan(s, PROFILE, budget)
+    assert sum(chosen.layer_units) <= 20
+    with OffloadEngine(layout, chosen.offload_config()) as eng:
+        assert eng.memory_bytes <= budget
+        got = pl.generate(eng, prompt, max_new_tokens=10, engine="powerinfer2", stop_at_eos=False)
+    want = pl.generate(
+        model,
+        prompt,
+        max_new_tokens=10,
+        engine="sparse",
+        sparse=SparseDecoder(plan=sparse_plan, predictors=preds),
+        stop_at_eos=False,
+    )
+    np.testing.assert_array_equal(got.tokens, want.tokens)
