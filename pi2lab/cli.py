@@ -238,6 +238,21 @@ def _print_layout(layout, as_json: bool) -> None:
             print(f"{key:>15}: {value}")
 
 
+def _cmd_profile_hw(args) -> int:
+    from pi2lab.plan.hardware import format_profile, measure, resolve_profile
+
+    if args.show:
+        profile = resolve_profile(args.show)
+    else:
+        profile = measure(storage_file=args.storage_file, quick=args.quick)
+    if args.out:
+        profile.save(args.out)
+    print(json.dumps(profile.to_json(), indent=1) if args.json else format_profile(profile))
+    if args.out and not args.json:
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi2lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -344,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "profile-hw", help="measure this machine's hardware profile, or --show a built-in one"
+    )
+    p.add_argument("--out", default=None, help="write the profile as JSON (atomically)")
+    p.add_argument("--quick", action="store_true", help="smaller arrays and files (smoke runs)")
+    p.add_argument(
+        "--storage-file",
+        default=None,
+        help="file to read for storage figures (default: a temporary file in the bench dir)",
+    )
+    p.add_argument(
+        "--show", default=None, help="a built-in profile (oneplus12, oneplus-ace2) or a JSON file"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_profile_hw)
     return parser
 
 

@@ -1,0 +1,175 @@
+"""Hardware profiles: JSON round trip and validation, interpolation, the published phones,
+measuring this machine, and ``pi2lab profile-hw``. No timing assertions."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from pi2lab.cli import main
+from pi2lab.errors import ConfigError
+from pi2lab.plan.hardware import (
+    BUILTIN_PROFILES,
+    FORMAT,
+    HardwareProfile,
+    StoragePoint,
+    builtin,
+    format_profile,
+    measure,
+    resolve_profile,
+)
+
+NUMERIC = [
+    f.name
+    for f in dataclasses.fields(HardwareProfile)
+    if f.name not in ("name", "description", "sources")
+]
+
+
+def toy(**overrides) -> HardwareProfile:
+    fields = dict(
+        name="toy",
+        description="a toy device",
+        cpu_threads=3,
+        ram_bytes=5_000_000_000,
+        memory_gbs=20.5,
+        dense_gbs=17.25,
+        sparse_gbs=9.0,
+        storage=(
+            StoragePoint(block=4096, threads=1, mb_per_s=100.0),
+            StoragePoint(block=65536, threads=1, mb_per_s=500.0),
+            StoragePoint(block=4096, threads=4, mb_per_s=300.0),
+            StoragePoint(block=65536, threads=4, mb_per_s=900.0),
+        ),
+        sequential_mbs=1200.0,
+        sources={"memory_gbs": "made up"},
+    )
+    return HardwareProfile(**{**fields, **overrides})
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_json_round_trip(tmp_path):
+    p = toy()
+    assert HardwareProfile.load(p.save(tmp_path / "toy.json")) == p
+    assert json.loads((tmp_path / "toy.json").read_text())["format"] == FORMAT
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda d: d.update(format="pi2lab-hardware-0"), "format"),
+        (lambda d: d.pop("dense_gbs"), "missing fields.*dense_gbs"),
+        (lambda d: d.update(memory_gbs=-3.0), "memory_gbs must be > 0"),
+        (lambda d: d["storage"][0].update(mb_per_s=-1.0), "bad storage point"),
+        (lambda d: d["storage"][0].pop("block"), "malformed"),
+        (lambda d: d.update(storage=[]), "storage point"),
+    ],
+)
+def test_malformed_profile_names_the_problem(tmp_path, mutate, match):
+    data = toy().to_json()
+    mutate(data)
+    path = write_json(tmp_path / "bad.json", data)
+    with pytest.raises(ConfigError, match=match) as e:
+        HardwareProfile.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_not_json_or_missing(tmp_path):
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a JSON"):
+        HardwareProfile.load(tmp_path / "junk.json")
+    with pytest.raises(ConfigError, match="format"):
+        HardwareProfile.load(write_json(tmp_path / "list.json", [1, 2]))
+    with pytest.raises(ConfigError, match="no such hardware profile"):
+        HardwareProfile.load(tmp_path / "absent.json")
+
+
+def test_read_mbs_interpolates_and_picks_nearest_threads():
+    p = toy()
+    assert p.read_mbs(4096) == pytest.approx(100.0)
+    assert p.read_mbs(65536) == pytest.approx(500.0)
+    # 16 KiB is halfway between 4 KiB and 64 KiB in log scale
+    assert p.read_mbs(16384) == pytest.approx(300.0)
+    assert p.read_mbs(1 << 20) == pytest.approx(500.0)  # flat past the last point
+    assert p.read_mbs(16384, threads=4) == pytest.approx(600.0)
+    assert p.read_mbs(4096, threads=3) == pytest.approx(300.0)  # 3 -> 4
+    assert p.read_mbs(4096, threads=2) == pytest.approx(100.0)  # 2 is nearer 1 than 4
+    assert p.read_mbs(4096, threads=16) == pytest.approx(300.0)
+    assert p.read_seconds(65536, 1000) == pytest.approx(1000 * 65536 / 500e6)
+
+
+@pytest.mark.parametrize("name", BUILTIN_PROFILES)
+def test_builtin_profiles_cite_every_number(name, tmp_path):
+    p = builtin(name)
+    assert p.name == name
+    for field in NUMERIC:
+        assert isinstance(p.sources.get(field), str) and len(p.sources[field]) > 20, field
+    assert {s.threads for s in p.storage} == {1, 2}
+    for block in {s.block for s in p.storage}:
+        assert p.read_mbs(block, 2) < p.read_mbs(block, 1)  # one I/O thread is best on UFS
+    assert HardwareProfile.load(p.save(tmp_path / "p.json")) == p
+    assert resolve_profile(name) == p
+    assert name in format_profile(p)
+
+
+def test_oneplus12_published_figures():
+    p = builtin("oneplus12")
+    assert p.read_mbs(4096) == pytest.approx(1000, rel=0.1)
+    assert p.read_mbs(524288) == pytest.approx(3500, rel=0.05)
+    assert p.memory_gbs == pytest.approx(43.9)
+    assert p.ram_bytes == 19_000_000_000
+    assert p.dense_gbs < p.memory_gbs  # a fit above the memory bandwidth would be unphysical
+    ace2 = builtin("oneplus-ace2")
+    assert "assumed" in ace2.sources["storage"]
+    assert ace2.read_mbs(4096) < p.read_mbs(4096)
+
+
+def test_unknown_name_lists_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match="oneplus12.*oneplus-ace2"):
+        builtin("pixel9")
+    with pytest.raises(ConfigError, match="oneplus12"):
+        resolve_profile("pixel9")
+    path = toy().save(tmp_path / "toy.json")
+    assert resolve_profile(path) == toy()
+    assert resolve_profile(str(path)) == toy()
+
+
+def test_measure_quick_on_a_small_file(tmp_path):
+    f = tmp_path / "flash.bin"
+    f.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    p = measure(storage_file=f, quick=True, threads=(1, 2))
+    assert p.name == "this-machine" and p.description
+    for field in ("memory_gbs", "dense_gbs", "sparse_gbs", "sequential_mbs"):
+        assert getattr(p, field) > 0, field
+    assert p.cpu_threads >= 1 and p.ram_bytes > 0
+    assert {(s.block, s.threads) for s in p.storage} == {
+        (b, t) for b in (4096, 16384, 49152, 65536, 262144, 1 << 20) for t in (1, 2)
+    }
+    assert all(s.mb_per_s > 0 for s in p.storage)
+    for field in NUMERIC:
+        assert "pi2lab profile-hw" in p.sources[field], field
+    assert p.sources["direct"].split(":")[0] in ("true", "false")
+    assert HardwareProfile.load(p.save(tmp_path / "me.json")) == p
+
+
+def test_cli_show_json(capsys, tmp_path):
+    assert main(["profile-hw", "--show", "oneplus12", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["name"] == "oneplus12" and data["format"] == FORMAT
+    out = tmp_path / "p.json"
+    assert main(["profile-hw", "--show", "oneplus-ace2", "--out", str(out)]) == 0
+    assert "oneplus-ace2" in capsys.readouterr().out
+    assert HardwareProfile.load(out) == builtin("oneplus-ace2")
+
+
+def test_cli_bad_profile_one_line_exit_2(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text("[")
+    for show in (str(tmp_path / "bad.json"), str(tmp_path / "absent.json"), "pixel9"):
+        assert main(["profile-hw", "--show", show]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pi2lab profile-hw: error:") and err.count("\n") == 1
