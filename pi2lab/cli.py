@@ -192,7 +192,8 @@ def _cmd_info(args) -> int:
 def _cmd_bench(args) -> int:
     from pi2lab import bench
 
-    result = bench.run(args.what, quick=args.quick, steps=args.steps, layers=args.layers)
+    extra = {"profile": args.profile} if args.what == "planner" else {}
+    result = bench.run(args.what, quick=args.quick, steps=args.steps, layers=args.layers, **extra)
     print(json.dumps(result) if args.json else bench.format_table(result))
     return 0
 
@@ -236,6 +237,41 @@ def _print_layout(layout, as_json: bool) -> None:
     else:
         for key, value in summary.items():
             print(f"{key:>15}: {value}")
+
+
+def _cmd_plan(args) -> int:
+    from pi2lab.plan.cost import PlanChoice, calibrate
+    from pi2lab.plan.hardware import measure, resolve_profile
+    from pi2lab.plan.planner import plan
+    from pi2lab.plan.stats import default_prompts, layout_stats, record_requests
+    from pi2lab.storage.layout import open_layout
+
+    layout = open_layout(args.model)
+    profile = resolve_profile(args.profile) if args.profile else measure(quick=True)
+    masks, resident_s = record_requests(layout, default_prompts(layout), args.tokens)
+    stats = calibrate(layout_stats(layout, masks), profile, resident_s, PlanChoice())
+    budget = args.memory_budget
+    if isinstance(budget, float):  # a share of the FFN bytes, on top of what stays resident
+        budget = stats.fixed_bytes + stats.staging_bytes + int(budget * layout.ffn_bytes)
+    chosen = plan(
+        stats,
+        profile,
+        budget,
+        cpu_threads=args.cpu_threads,
+        min_tokens_per_s=args.min_tokens_per_s,
+        gate_first=layout.cluster_size == 1,
+    )
+    out = {
+        "profile": profile.name,
+        "resident_tokens_per_s": round(1 / resident_s, 2),
+        **chosen.to_json(),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key:>24}: {value}")
+    return 0
 
 
 def _cmd_profile_hw(args) -> int:
@@ -353,12 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
-    p.add_argument("what", choices=["dense", "sparse", "offload"])
+    p.add_argument("what", choices=["dense", "sparse", "offload", "planner"])
+    p.add_argument("--profile", default=None, help="planner: hardware profile (default: measure)")
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
     p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("plan", help="the fastest execution plan for a flash layout and budget")
+    p.add_argument("--model", required=True, help="a `pi2lab convert` directory")
+    p.add_argument("--memory-budget", type=memory_budget, required=True)
+    p.add_argument("--profile", default=None, help="built-in name or JSON file (default: measure)")
+    p.add_argument("--cpu-threads", type=int, default=None)
+    p.add_argument("--min-tokens-per-s", type=float, default=None)
+    p.add_argument("--tokens", type=int, default=16, help="decode tokens per recorded prompt")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser(
         "profile-hw", help="measure this machine's hardware profile, or --show a built-in one"

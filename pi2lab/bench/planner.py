@@ -31,7 +31,7 @@ from pi2lab.engine.sparse import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, token_seconds
 from pi2lab.plan.planner import ExecutionPlan, plan
-from pi2lab.plan.stats import layout_stats, record_requests
+from pi2lab.plan.stats import default_prompts, layout_stats, record_requests
 from pi2lab.policies import StaticHot
 from pi2lab.storage.layout import convert_pretrained, open_layout
 
@@ -132,7 +132,6 @@ def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
 def bench_planner(
     quick: bool = False, steps: int | None = None, layers: int | None = None, profile=None
 ) -> dict:
-    from pi2lab.model.pretrained import load_pretrained
     from pi2lab.plan.hardware import measure as measure_hw
     from pi2lab.plan.hardware import resolve_profile
 
@@ -141,9 +140,7 @@ def bench_planner(
     result = {"bench": "planner", "machine": machine(), "profile": hw.to_json()}
     bench_dir().mkdir(parents=True, exist_ok=True)
     layout = open_layout(convert_pretrained("builtin", bench_dir() / "pydoc-drelu-flash"))
-    model = load_pretrained("builtin")
-    texts = ["Return the number of items", "The default value of the", "If the file does not"]
-    result["bundled"] = validate(layout, hw, tokens, prompts=[model.encode(t) for t in texts])
+    result["bundled"] = validate(layout, hw, tokens, prompts=default_prompts(layout))
     if not quick or layers:
         n = layers or 4
         cfg = synthetic_config(n)

@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import tokenizers
 
 from pi2lab.cache import simulate
 from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig, OffloadEngine
@@ -23,6 +24,20 @@ from pi2lab.policies import StaticHot
 from pi2lab.storage.layout import FFN_KEYS, FlashLayout
 
 POLICIES = ("segmented-0.5", "segmented-0.8", "lru", "window5")
+
+
+PROMPTS = ("Return the number of items", "The default value of the", "If the file does not")
+
+
+def default_prompts(layout: FlashLayout) -> list[np.ndarray]:
+    """Prompts to record requests with: short texts when the layout has a tokenizer, else
+    fixed token ids."""
+    tok = layout.path / "tokenizer.json"
+    if not tok.is_file():
+        vocab = layout.config.vocab_size
+        return [(np.arange(1, 9, dtype=np.int32) * (i + 1)) % vocab for i in range(3)]
+    t = tokenizers.Tokenizer.from_file(str(tok))
+    return [np.asarray(t.encode(text).ids, np.int32) for text in PROMPTS]
 
 
 def record_requests(
