@@ -1,0 +1,284 @@
+"""The decode simulator: hand-checkable times, determinism, monotone sanity, typed errors.
+
+Every figure here is simulated on a virtual clock; no test asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from pi2lab.config import ModelConfig
+from pi2lab.errors import BudgetError, ConfigError
+from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.shapes import ModelShape, get_shape
+from pi2lab.plan.simulator import simulate_decode
+from pi2lab.plan.traces import SyntheticTrace
+from pi2lab.policies import LRU
+
+
+def phone(scale_storage: float = 1.0) -> HardwareProfile:
+    """A phone-like profile in round numbers (not a measurement)."""
+    return HardwareProfile(
+        name="test-phone",
+        description="round numbers for tests",
+        cpu_threads=8,
+        ram_bytes=16_000_000_000,
+        memory_gbs=40.0,
+        dense_gbs=30.0,
+        sparse_gbs=20.0,
+        storage=(
+            StoragePoint(block=4096, threads=1, mb_per_s=1000.0 * scale_storage),
+            StoragePoint(block=1 << 19, threads=1, mb_per_s=4000.0 * scale_storage),
+        ),
+        sequential_mbs=4000.0 * scale_storage,
+    )
+
+
+def mini(layers: int = 3, **fields) -> ModelShape:
+    """A small dReLU shape, every axis its own size."""
+    cfg = ModelConfig(
+        architecture="bamboo",
+        ffn_activation="drelu",
+        vocab_size=1000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_layers=layers,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+    )
+    frac = (0.1, 0.15, 0.08, 0.12)[:layers]
+    return ModelShape(name="mini", config=cfg, active_fraction=frac, **fields)
+
+
+def tiny() -> ModelShape:
+    """One layer, 96 neurons of 192 bytes (int4, D=128): one 4 KiB read per unit."""
+    cfg = ModelConfig(
+        architecture="bamboo",
+        ffn_activation="drelu",
+        vocab_size=100,
+        hidden_size=128,
+        intermediate_size=96,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+    )
+    return ModelShape(name="tiny", config=cfg, active_fraction=(0.05,))
+
+
+def test_tiny_case_time_is_attention_plus_reads_plus_compute():
+    shape, prof = tiny(), phone()
+    masks = np.zeros((4, shape.units), bool)
+    masks[:, [0, 2, 5]] = True  # three units, none adjacent: three 4 KiB reads
+    r = simulate_decode(
+        shape,
+        prof,
+        engine="powerinfer2",
+        ffn_fraction=0.0,
+        trace=[masks],
+        tokens=4,
+        pipeline=PipelineConfig(mode="none"),
+        warmup=0,
+    )
+    front = (shape.attention_bytes() + shape.predictor_bytes()) / 40e9
+    head = shape.head_bytes() / 40e9
+    read = 4096 / 1000e6
+    unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
+    expected = front + 3 * read + 3 * unit + head
+    np.testing.assert_allclose(r.token_seconds, expected, rtol=1e-12)
+    assert r.tokens_per_s == pytest.approx(1 / expected)
+    assert r.hit_rate == 0.0
+    np.testing.assert_array_equal(r.bytes_read, 3 * 4096)
+    assert r.io_share == pytest.approx(3 * read / expected)
+    # the timeline: attention, reads back to back on io0, one wait, one compute, the head
+    tl = r.timeline
+    reads = sorted((e for e in tl.events if e.stage == "read"), key=lambda e: e.start)
+    assert [e.thread for e in reads] == ["io0"] * 3
+    assert reads[0].start == pytest.approx(front)
+    assert reads[-1].end == pytest.approx(front + 3 * read)
+    assert tl.total("wait") == pytest.approx(3 * read)
+    assert tl.total("compute") == pytest.approx(3 * unit)
+    assert tl.bounds()[1] == pytest.approx(expected)
+    assert tl.io_share() == pytest.approx(r.io_share)
+
+
+def test_adjacent_units_coalesce_into_one_larger_read():
+    shape, prof = tiny(), phone()
+    masks = np.zeros((2, shape.units), bool)
+    masks[:, [0, 1, 2, 5]] = True
+    kw = dict(
+        engine="powerinfer2",
+        ffn_fraction=0.0,
+        trace=[masks],
+        tokens=2,
+        warmup=0,
+        pipeline=PipelineConfig(mode="none"),
+    )
+    merged = simulate_decode(shape, prof, **kw)
+    rate = prof.read_mbs(3 * 4096) * 1e6
+    front = (shape.attention_bytes() + shape.predictor_bytes()) / 40e9
+    unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
+    expected = front + 3 * 4096 / rate + 4096 / 1000e6 + 4 * unit + shape.head_bytes() / 40e9
+    assert merged.token_seconds[0] == pytest.approx(expected, rel=1e-12)
+    assert sum(e.stage == "read" for e in merged.timeline.events) == 2
+    kw["pipeline"] = PipelineConfig(mode="none", coalesce=False)
+    apart = simulate_decode(shape, prof, **kw)
+    assert sum(e.stage == "read" for e in apart.timeline.events) == 4
+    assert apart.token_seconds[0] > merged.token_seconds[0]
+
+
+def test_same_seed_same_result():
+    a = simulate_decode(mini(), phone(), ffn_fraction=0.4, tokens=24, seed=5)
+    b = simulate_decode(mini(), phone(), ffn_fraction=0.4, tokens=24, seed=5)
+    np.testing.assert_array_equal(a.token_seconds, b.token_seconds)
+    np.testing.assert_array_equal(a.bytes_read, b.bytes_read)
+    assert a.timeline.events == b.timeline.events
+    c = simulate_decode(mini(), phone(), ffn_fraction=0.4, tokens=24, seed=6)
+    assert not np.array_equal(a.bytes_read, c.bytes_read)
+
+
+def test_more_memory_is_no_slower_for_powerinfer2():
+    rates = [
+        simulate_decode(mini(), phone(), ffn_fraction=f, tokens=32).tokens_per_s
+        for f in (0.0, 0.2, 0.5, 0.8, 1.0)
+    ]
+    assert all(b >= a for a, b in itertools.pairwise(rates)), rates
+    assert rates[-1] > rates[0]
+
+
+@pytest.mark.parametrize("engine", ["powerinfer2", "llmflash", "llama.cpp-mmap"])
+def test_faster_storage_is_faster(engine):
+    slow = simulate_decode(mini(), phone(), engine=engine, ffn_fraction=0.5, tokens=24)
+    fast = simulate_decode(mini(), phone(2.0), engine=engine, ffn_fraction=0.5, tokens=24)
+    assert fast.tokens_per_s > slow.tokens_per_s
+    np.testing.assert_array_equal(fast.bytes_read, slow.bytes_read)  # same work, faster reads
+
+
+@pytest.mark.parametrize(
+    "engine, pipeline",
+    [
+        ("powerinfer2", None),
+        ("powerinfer2", PipelineConfig(gate_first=True)),
+        ("powerinfer2", PipelineConfig(io_threads=2, depth=8, batch=4)),
+        ("llmflash", None),
+        ("llmflash", PipelineConfig(mode="none")),
+        ("llama.cpp-mmap", None),
+    ],
+)
+def test_io_share_in_unit_interval_and_timeline_consistent(engine, pipeline):
+    r = simulate_decode(
+        mini(), phone(), engine=engine, ffn_fraction=0.3, tokens=16, pipeline=pipeline
+    )
+    assert 0.0 <= r.io_share <= 1.0
+    assert 0.0 <= r.hit_rate <= 1.0
+    tl = r.timeline
+    assert tl.bounds()[1] == pytest.approx(r.token_seconds[-1], rel=1e-9)
+    for thread in {e.thread for e in tl.events}:
+        evs = sorted((e for e in tl.events if e.thread == thread), key=lambda e: e.start)
+        assert all(b.start >= a.end - 1e-15 for a, b in itertools.pairwise(evs)), thread
+    out = r.to_json()
+    assert out["simulated"] is True
+    json.dumps(out)
+
+
+def test_overlap_modes_order():
+    kw = dict(ffn_fraction=0.3, tokens=24, policy=LRU())
+    none = simulate_decode(mini(), phone(), pipeline=PipelineConfig(mode="none"), **kw)
+    matrix = simulate_decode(mini(), phone(), pipeline=PipelineConfig(mode="matrix"), **kw)
+    np.testing.assert_array_equal(none.bytes_read, matrix.bytes_read)
+    assert np.all(matrix.token_seconds <= none.token_seconds + 1e-15)
+    assert matrix.io_share <= none.io_share
+
+
+def test_gate_first_reads_only_gates_when_nothing_fires():
+    kw = dict(ffn_fraction=0.0, tokens=8, policy=LRU(), warmup=0)
+    silent = simulate_decode(
+        mini(), phone(), pipeline=PipelineConfig(gate_first=True), gate_fire_rate=0.0, **kw
+    )
+    np.testing.assert_array_equal(silent.bytes_read, silent.requested * 4096)
+    whole = simulate_decode(mini(), phone(), pipeline=PipelineConfig(coalesce=False), **kw)
+    np.testing.assert_array_equal(whole.bytes_read, whole.requested * mini().stride)
+    silu = ModelShape.from_config(ModelConfig.llama2_7b(num_layers=1, ffn_activation="silu"))
+    with pytest.raises(ConfigError, match="gate-first"):
+        simulate_decode(
+            silu, phone(), ffn_fraction=0.5, tokens=2, pipeline=PipelineConfig(gate_first=True)
+        )
+
+
+def test_llama_cpp_mmap_slower_than_powerinfer2_on_a_7b_shape():
+    shape = get_shape("turbosparse-mistral-7b")
+    pi2 = simulate_decode(shape, phone(), engine="powerinfer2", ffn_fraction=0.5, tokens=12)
+    mmap = simulate_decode(shape, phone(), engine="llama.cpp-mmap", ffn_fraction=0.5, tokens=12)
+    assert mmap.tokens_per_s < pi2.tokens_per_s
+    # half of every FFN (payload and inline scales) re-read every token
+    per_ffn = (shape.units - shape.units // 2) * (shape.bundle_bytes + shape.scale_bytes_per_neuron)
+    assert mmap.bytes_per_token == 32 * per_ffn
+
+
+def test_moe_runs_routed_experts_only():
+    cfg = ModelConfig(
+        architecture="mixtral",
+        ffn_activation="drelu",
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=640,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    shape = ModelShape(name="moe", config=cfg, active_fraction=(0.2, 0.2))
+    trace = SyntheticTrace(density=0.2, units=640, layers=2, tokens=10, experts=4, top_k=2)
+    r = simulate_decode(shape, phone(), ffn_fraction=0.5, trace=trace, tokens=10)
+    per_token = sum(trace.layer(i).sum((1, 2)) for i in range(2))
+    np.testing.assert_array_equal(r.requested, per_token)
+    assert r.tokens_per_s > 0
+
+
+def test_budget_below_resident_minimum_raises_with_the_minimum():
+    shape = mini()
+    rows = (4 << 20) // shape.stride  # staging rows for 4 MiB, as the offload engine
+    minimum = shape.resident_bytes(256) + rows * shape.stride
+    with pytest.raises(BudgetError, match=str(minimum)):
+        simulate_decode(shape, phone(), memory_bytes=minimum - 1, kv_capacity=256, tokens=2)
+    r = simulate_decode(shape, phone(), memory_bytes=minimum, kv_capacity=256, tokens=2)
+    assert r.cache_units == 0 and r.memory_bytes == minimum
+    big = simulate_decode(
+        shape, phone(), memory_bytes=minimum + 3 * 100 * shape.stride, kv_capacity=256, tokens=2
+    )
+    assert big.cache_units == 100
+    with pytest.raises(BudgetError, match="minimum"):
+        simulate_decode(shape, phone(), engine="llama.cpp-mmap", memory_bytes=1000, tokens=2)
+
+
+def test_bad_arguments_raise_typed_errors():
+    with pytest.raises(ConfigError, match="llama-7b"):
+        simulate_decode("gpt-5", phone(), ffn_fraction=0.5)
+    with pytest.raises(ConfigError, match="engine"):
+        simulate_decode(mini(), phone(), engine="vllm", ffn_fraction=0.5)
+    with pytest.raises(ConfigError, match="exactly one"):
+        simulate_decode(mini(), phone(), ffn_fraction=0.5, memory_bytes=10**10)
+    with pytest.raises(ConfigError, match="trace layer 0"):
+        simulate_decode(
+            mini(), phone(), ffn_fraction=0.5, tokens=4, trace=[np.zeros((4, 7), bool)] * 3
+        )
+    with pytest.raises(ConfigError, match="layers"):
+        simulate_decode(
+            mini(), phone(), ffn_fraction=0.5, tokens=4, trace=[np.zeros((4, 1536), bool)]
+        )
+
+
+def test_default_profile_fields_unchanged_by_simulation():
+    prof = phone()
+    before = dataclasses.asdict(prof)
+    simulate_decode(mini(layers=1), prof, ffn_fraction=0.5, tokens=4)
+    assert dataclasses.asdict(prof) == before
