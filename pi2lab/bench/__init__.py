@@ -115,17 +115,24 @@ def _offload_lines(name: str, row: dict) -> list[str]:
 
 def _planner_lines(name: str, row: dict) -> list[str]:
     lines = [
-        f"  {name}: all resident {row['resident_tokens_per_s']} tokens/s, host overhead "
-        f"{row['overhead_ms_per_layer']} ms/layer (fitted)"
+        f"  {name}: all resident {row['resident_tokens_per_s']} tokens/s; fitted host costs "
+        f"{row['overhead_ms_per_layer']} ms per layer, {row['read_overhead_ms']} ms per read "
+        f"(on: {', '.join(row['fitted_on'])})"
     ]
     for r in [*row["plans"], row["planner"]]:
+        sim = (
+            f"  simulated {r['simulated_tokens_per_s']:>7.2f} ({r['simulated_error']:+.0%})"
+            if "simulated_error" in r
+            else ""
+        )
         lines.append(
-            f"    {r['plan']:<22} predicted {r['predicted_tokens_per_s']:>8.2f}  measured "
-            f"{r['measured_tokens_per_s']:>8.2f} tokens/s  error {r['error']:+.1%}"
+            f"    {r['plan']:<16} measured {r['measured_tokens_per_s']:>7.2f} tokens/s  predicted "
+            f"{r['predicted_tokens_per_s']:>7.2f} ({r['error']:+.0%}){sim}"
         )
     lines.append(
-        f"    median |error| {row['median_abs_error']:.1%}; planner / best grid plan "
-        f"at 50%: {row['planner_vs_best_grid_at_50%']}"
+        f"    median |error| over the plans not fitted on: cost model "
+        f"{row['median_abs_error']:.1%}, simulator {row['simulated_median_abs_error']:.1%}; "
+        f"planner / best grid plan at 50%: {row['planner_vs_best_grid_at_50%']}"
     )
     lines.append(f"    planner's plan: {row['planner']['plan_json']}")
     return lines

@@ -20,9 +20,12 @@ replaying request traces through the policy), unit size :math:`b` bytes and prof
    T &= \sum_l \bigl(A_l / B_d + o + F_l\bigr) + H / B_d
 
 with :math:`A_l` the layer's resident weight bytes (attention, norms, predictor), :math:`H`
-the LM head's and :math:`o` a per-layer host overhead (dispatch, synchronisation, cache
-bookkeeping) fitted once per machine from one all-resident run (:func:`calibrate`), as
-FlexGen fits its device constants. Reads of a layer cannot start before its predictor has run,
+the LM head's, :math:`o` a per-layer host overhead (dispatch, synchronisation) and
+:math:`r` a host cost per read on the compute thread's path (submission, completion
+bookkeeping, interpreter-lock contention with the reader threads; it joins :math:`C_l` as
+:math:`m_l r`). Both are fitted once per machine and model, as FlexGen fits its device
+constants: :math:`o` from an all-resident run (:func:`calibrate`), :math:`r` from one
+offloaded run (:func:`calibrate_reads`). Reads of a layer cannot start before its predictor has run,
 so nothing overlaps across layers. ``dense-stream`` reads the non-resident share of every
 FFN in order at the sequential rate and computes all units: :math:`F_l = (U - c_l)\,b/S +
 U\,b/B_d`.
@@ -78,6 +81,7 @@ class ModelStats:
       fixed_bytes: Resident tensors and KV cache (never evicted).
       staging_bytes: The engine's staging rows.
       overhead_s: o, host overhead per layer (see :func:`calibrate`; 0 until fitted).
+      read_overhead_s: r, host cost per read (see :func:`calibrate_reads`; 0 until fitted).
     """
 
     name: str
@@ -86,6 +90,7 @@ class ModelStats:
     fixed_bytes: int
     staging_bytes: int
     overhead_s: float = 0.0
+    read_overhead_s: float = 0.0
 
     @property
     def policies(self) -> list[str]:
@@ -122,7 +127,11 @@ class PlanChoice:
 
 
 def layer_seconds(
-    layer: LayerStats, capacity: float, choice: PlanChoice, profile: HardwareProfile
+    layer: LayerStats,
+    capacity: float,
+    choice: PlanChoice,
+    profile: HardwareProfile,
+    read_overhead_s: float = 0.0,
 ) -> dict:
     """Seconds of one layer's FFN by term (``compute``, ``io``, ``ffn``) at ``capacity``."""
     b, pipe = layer.unit_bytes, choice.pipeline
@@ -133,7 +142,8 @@ def layer_seconds(
         return {"compute": compute, "io": io, "ffn": io + compute}
     n = layer.needed
     m = n * (1.0 - layer.hit(choice.policy, capacity))
-    compute = n * b / sparse
+    reads = m * (1 + layer.fires) if pipe.gate_first else m
+    compute = n * b / sparse + reads * read_overhead_s
 
     def read(nbytes: float) -> float:
         return nbytes / (profile.read_mbs(int(nbytes), pipe.io_threads) * 1e6)
@@ -158,7 +168,7 @@ def token_seconds(
     for layer, c in zip(stats.layers, capacities, strict=True):
         terms["attention"] += layer.resident_bytes / dense
         terms["overhead"] += stats.overhead_s
-        for k, v in layer_seconds(layer, c, choice, profile).items():
+        for k, v in layer_seconds(layer, c, choice, profile, stats.read_overhead_s).items():
             terms[k] += v
     terms["head"] = stats.head_bytes / dense
     terms["total"] = terms["attention"] + terms["overhead"] + terms["ffn"] + terms["head"]
@@ -174,3 +184,19 @@ def calibrate(
     bare = token_seconds(dataclasses.replace(stats, overhead_s=0.0), full, choice, profile)
     overhead = max(measured_s - bare["total"], 0.0) / len(stats.layers)
     return dataclasses.replace(stats, overhead_s=overhead)
+
+
+def calibrate_reads(
+    stats: ModelStats, profile: HardwareProfile, measured_s: float, choice: PlanChoice, capacities
+) -> ModelStats:
+    """Fits the host cost per read ``r`` so that the plan (``choice``, ``capacities``) predicts
+    ``measured_s`` seconds per token (bisection; 0 when the model already predicts slower)."""
+    lo, hi = 0.0, 0.01
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        trial = dataclasses.replace(stats, read_overhead_s=mid)
+        if token_seconds(trial, capacities, choice, profile)["total"] < measured_s:
+            lo = mid
+        else:
+            hi = mid
+    return dataclasses.replace(stats, read_overhead_s=lo)

@@ -127,7 +127,7 @@ def _solve(stats: ModelStats, choice: PlanChoice, profile, cache_bytes: int, max
     for i, layer in enumerate(layers):
         caps = np.array(layer.capacities, float)
         caps, _ = envelope(caps, [layer.hit(choice.policy, c) for c in caps])
-        secs = [layer_seconds(layer, c, choice, profile) for c in caps]
+        secs = [layer_seconds(layer, c, choice, profile, stats.read_overhead_s) for c in caps]
         # tau_l >= each segment of the FFN time as c_l grows (convex and decreasing: the hit
         # curve is concave, and max() of convex terms stays convex)
         ffn = np.array([s["ffn"] for s in secs])

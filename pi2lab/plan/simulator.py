@@ -168,6 +168,7 @@ class _Costs:
     servers: int
     coalesce: bool
     read_rate: object  # io_bytes -> seconds one server is busy
+    per_read: float = 0.0  # host time on the compute thread per unit read
 
 
 class _Reads:
@@ -372,7 +373,7 @@ class _FfnSim:
                 finished.append(s)
                 if s < -1 or u not in ahead:  # read-ahead arrives but is not computed
                     dur += c.unit - c.gate if phase == 2 else c.unit
-            span("compute", dur, len(tags))
+            span("compute", dur + len(tags) * c.per_read, len(tags))
             free_rows.extend(-2 - s for s in finished if s < -1)
 
         def step(at_least):
@@ -458,6 +459,8 @@ def simulate_decode(
     gate_fire_rate: float = 0.8,
     warmup: int | None = None,
     seed: int = 0,
+    overhead_s: float = 0.0,
+    read_overhead_s: float = 0.0,
 ) -> SimResult:
     """Simulates ``tokens`` decode tokens of a model on a device (all figures simulated).
 
@@ -480,6 +483,11 @@ def simulate_decode(
       gate_fire_rate: Gate-first: probability a predicted unit's gate fires.
       warmup: Leading tokens left out of the summaries (default ``tokens // 4``).
       seed: Seeds the default trace and the gate-first draws.
+      overhead_s: Host time per layer beside attention (dispatch, synchronisation, cache
+        bookkeeping; :func:`pi2lab.plan.cost.calibrate` fits it for this machine's Python
+        engine; 0 models a native runtime).
+      read_overhead_s: Host time on the compute thread per unit read (as
+        :func:`pi2lab.plan.cost.calibrate_reads` fits it).
 
     Raises:
       ConfigError: unknown engine or shape, both or neither budget, a trace of the wrong shape.
@@ -500,7 +508,7 @@ def simulate_decode(
         raise ConfigError(f"warmup={warmup}: expected 0..{tokens - 1}")
     if plan is not None:
         plan.check(cfg)
-    args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup)
+    args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s)
     if engine == "llama.cpp-mmap":
         return _simulate_mmap(*args)
     offload = OffloadConfig(
@@ -573,11 +581,12 @@ def simulate_decode(
         servers=k,
         coalesce=pipe.coalesce,
         read_rate=read_rate,
+        per_read=read_overhead_s,
     )
     mem = profile.memory_gbs * 1e9
     moe = cfg.is_moe
     experts = cfg.num_experts if moe else 1
-    attention = shape.attention_bytes() / mem
+    attention = shape.attention_bytes() / mem + overhead_s
     predictor = shape.predictor_bytes() / mem
     head = shape.head_bytes() / mem
 
@@ -701,7 +710,9 @@ def _result(
     )
 
 
-def _simulate_mmap(shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup):
+def _simulate_mmap(
+    shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s
+):
     """llama.cpp with mmap past RAM size: dense, the FFN bytes beyond the budget re-read in
     order every token at ``sequential_mbs``, no overlap (the same every token)."""
     cfg = shape.config
@@ -721,7 +732,7 @@ def _simulate_mmap(shape, profile, memory_bytes, ffn_fraction, tokens, kv_capaci
     used = fixed + resident_units * unit_bytes * shape.num_ffns
     mem, dense = profile.memory_gbs * 1e9, profile.dense_gbs * 1e9
     seq = profile.sequential_mbs * 1e6
-    attention, head = shape.attention_bytes() / mem, shape.head_bytes() / mem
+    attention, head = shape.attention_bytes() / mem + overhead_s, shape.head_bytes() / mem
     experts = cfg.num_experts_per_tok if cfg.is_moe else 1
     in_mem = resident_units * unit_bytes
     streamed = (units - resident_units) * unit_bytes
