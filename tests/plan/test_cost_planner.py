@@ -134,3 +134,31 @@ def test_a_plan_runs_on_the_engine_and_keeps_the_tokens(tmp_path):
         stop_at_eos=False,
     )
     np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+def test_fitted_constants_reproduce_their_runs():
+    from pi2lab.plan.cost import calibrate, calibrate_reads
+
+    s = stats(layer(), layer(needed=20.0))
+    choice = PlanChoice(policy="lru")
+    full = calibrate(s, PROFILE, 0.010, choice)
+    assert token_seconds(full, [100, 100], choice, PROFILE)["total"] == pytest.approx(0.010)
+    fitted = calibrate_reads(full, PROFILE, 0.030, choice, [25, 25])
+    assert fitted.read_overhead_s > 0
+    assert token_seconds(fitted, [25, 25], choice, PROFILE)["total"] == pytest.approx(0.030)
+    assert token_seconds(fitted, [100, 100], choice, PROFILE)["total"] == pytest.approx(0.010)
+
+
+def test_plan_cli_refuses_a_missing_layout(tmp_path):
+    from tests.test_cli import run_cli
+
+    proc = run_cli(
+        "plan",
+        "--model",
+        str(tmp_path / "nope"),
+        "--memory-budget",
+        "0.5",
+        "--profile",
+        "oneplus12",
+    )
+    assert proc.returncode == 2 and "no flash.json" in proc.stderr.strip()
