@@ -117,7 +117,8 @@ def _planner_lines(name: str, row: dict) -> list[str]:
     lines = [
         f"  {name}: all resident {row['resident_tokens_per_s']} tokens/s; fitted host costs "
         f"{row['overhead_ms_per_layer']} ms per layer, {row['read_overhead_ms']} ms per read "
-        f"(on: {', '.join(row['fitted_on'])})"
+        f"(simulator: {row['simulator_overhead_ms_per_layer']}, "
+        f"{row['simulator_read_overhead_ms']}; fitted on: {', '.join(row['fitted_on'])})"
     ]
     for r in [*row["plans"], row["planner"]]:
         sim = (

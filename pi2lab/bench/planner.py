@@ -110,23 +110,36 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
         cluster_size=layout.cluster_size,
         predictor_rank=0 if masks is not None else 256,
     )
-    rows = []
-    for budget, p in _grid(stats, layout, profile):  # predictions with both constants fitted
-        measured = 1.0 / measure(layout, p.offload_config(), tokens, prompts=prompts, masks=masks)
+
+    def simulated_s(fraction, pipeline, overhead=0.0, per_read=0.0, policy=None):
         sim = simulate_decode(
             shape,
             profile,
-            ffn_fraction=budget,
+            ffn_fraction=fraction,
             trace=unit_masks,
             tokens=len(unit_masks[0]),
-            pipeline=p.choice.pipeline,
-            overhead_s=stats.overhead_s,
-            read_overhead_s=stats.read_overhead_s,
+            pipeline=pipeline,
+            policy=policy,
+            overhead_s=overhead,
+            read_overhead_s=per_read,
         )
+        return 1.0 / sim.tokens_per_s
+
+    # the simulator fits the same two constants on the same two runs, on its own clock
+    sim_overhead = _bisect(
+        lambda o: simulated_s(1.0, fit.choice.pipeline, o, policy=StaticHot()), resident_s
+    )
+    sim_read = _bisect(
+        lambda r: simulated_s(0.5, fit.choice.pipeline, sim_overhead, r), fit_s, hi=0.01
+    )
+    rows = []
+    for budget, p in _grid(stats, layout, profile):  # predictions with both constants fitted
+        measured = 1.0 / measure(layout, p.offload_config(), tokens, prompts=prompts, masks=masks)
+        sim = 1.0 / simulated_s(budget, p.choice.pipeline, sim_overhead, sim_read)
         pipe = p.choice.pipeline
         row = _row(f"{budget:.0%} {pipe.mode} io{pipe.io_threads}", p, measured)
-        row["simulated_tokens_per_s"] = round(sim.tokens_per_s, 3)
-        row["simulated_error"] = round(sim.tokens_per_s / measured - 1.0, 3)
+        row["simulated_tokens_per_s"] = round(sim, 3)
+        row["simulated_error"] = round(sim / measured - 1.0, 3)
         rows.append(row)
     budget = stats.fixed_bytes + stats.staging_bytes + int(0.5 * layout.ffn_bytes)
     chosen = plan(stats, profile, budget)
@@ -139,6 +152,8 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
         "overhead_ms_per_layer": round(stats.overhead_s * 1e3, 3),
         "read_overhead_ms": round(stats.read_overhead_s * 1e3, 4),
         "fitted_on": ["all resident", "50% cluster io1"],
+        "simulator_overhead_ms_per_layer": round(sim_overhead * 1e3, 3),
+        "simulator_read_overhead_ms": round(sim_read * 1e3, 4),
         "plans": rows,
         "median_abs_error": round(float(np.median(errors)), 3),
         "simulated_median_abs_error": round(
@@ -152,6 +167,18 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
         "planner": planned | {"plan_json": chosen.to_json()},
         "planner_vs_best_grid_at_50%": round(planned["measured_tokens_per_s"] / best50, 3),
     }
+
+
+def _bisect(seconds_of, target_s: float, hi: float = 0.05) -> float:
+    """The parameter in [0, hi] for which the increasing ``seconds_of`` hits ``target_s``
+    (0 when it is already slower)."""
+    lo = 0.0
+    if seconds_of(0.0) >= target_s:
+        return 0.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if seconds_of(mid) < target_s else (lo, mid)
+    return lo
 
 
 def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
