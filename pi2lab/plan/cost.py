@@ -155,7 +155,7 @@ def layer_seconds(
     elif pipe.mode == "matrix":
         ffn = max(compute - miss_compute, io) + miss_compute
     else:
-        ffn = max(compute, io) + min(pipe.batch, n) * b / sparse
+        ffn = max(compute, io) + min(pipe.batch, m) * b / sparse  # the last batch's tail
     return {"compute": compute, "io": io, "ffn": ffn}
 
 

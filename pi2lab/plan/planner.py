@@ -39,7 +39,8 @@ class ExecutionPlan:
     Attributes:
       choice: Engine, cache policy and pipeline settings.
       layer_units: Cache capacity of each FFN, in units.
-      memory_bytes: Bytes the plan holds (fixed + staging + cache).
+      memory_bytes: The budget the plan was made for (the engine holds at most this: fixed +
+        staging + the cache of ``layer_units``).
       predicted_tokens_per_s: The cost model's decode speed.
       terms: Predicted seconds per token by term.
     """

@@ -88,7 +88,13 @@ def layout_stats(
         warm = len(m) // 4
         hits = {
             label: tuple(
-                simulate(policy_instance(label, u, c), m, c, warmup=warm).hit_rate if c else 0.0
+                # everything resident: no misses once warm (the replay's first touches are not
+                # steady state)
+                1.0
+                if c == u
+                else simulate(policy_instance(label, u, c), m, c, warmup=warm).hit_rate
+                if c
+                else 0.0
                 for c in caps
             )
             for label in policies
