@@ -289,6 +289,50 @@ def _cmd_profile_hw(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from pi2lab.plan.reproduce import format_reproduction, reproduce
+
+    result = reproduce(quick=args.quick, tokens=args.tokens)
+    print(json.dumps(result) if args.json else format_reproduction(result))
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from pi2lab.plan.hardware import resolve_profile
+    from pi2lab.plan.shapes import get_shape
+    from pi2lab.plan.simulator import simulate_decode
+
+    profile, shape = resolve_profile(args.device), get_shape(args.model)
+    if args.memory_gb is not None:
+        budget = {"memory_bytes": int(args.memory_gb * 1e9)}
+        what = f"{args.memory_gb:g} GB budget"
+    else:
+        flash = 0.5 if args.ffn_on_flash is None else args.ffn_on_flash
+        budget = {"ffn_fraction": 1.0 - flash}
+        what = f"{flash:.0%} of FFN on flash"
+    r = simulate_decode(shape, profile, engine=args.engine, tokens=args.tokens, **budget)
+    if args.json:
+        out = {k: v for k, v in r.to_json().items() if k != "timeline"}
+        print(json.dumps({**out, "budget": what}))
+        return 0
+    print(
+        f"SIMULATED, not measured: {r.engine} on {r.profile}, {r.shape}, {what}, "
+        f"{args.tokens} tokens"
+    )
+    st = r.stage_seconds
+    rows = {
+        "simulated tokens/s": f"{r.tokens_per_s:.2f}",
+        "memory used": f"{r.memory_bytes / 1e9:.2f} GB (usable {profile.ram_bytes / 1e9:g} GB)",
+        "cache hit rate": f"{r.hit_rate:.3f}",
+        "read per token": f"{r.bytes_per_token / 1e6:.1f} MB",
+        "I/O wait share": f"{r.io_share:.3f}",
+        "ms/token by stage": ", ".join(f"{k} {v * 1e3:.1f}" for k, v in st.items()),
+    }
+    for key, value in rows.items():
+        print(f"{key:>20}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi2lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +466,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_profile_hw)
+
+    p = sub.add_parser(
+        "reproduce", help="the paper's results tables, simulated on the built-in phone profiles"
+    )
+    p.add_argument("--quick", action="store_true", help="8 tokens per run, 3 sweep points")
+    p.add_argument("--tokens", type=int, default=None, help="tokens per run (overrides)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("simulate", help="one simulated decode configuration (not measured)")
+    p.add_argument("--device", default="oneplus12", help="built-in profile or JSON file")
+    p.add_argument("--model", default="turbosparse-mistral-7b", help="built-in model shape")
+    p.add_argument("--engine", choices=["powerinfer2", "llmflash", "llama.cpp-mmap"])
+    p.set_defaults(engine="powerinfer2")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--memory-gb", type=float, default=None, help="total budget, 1e9 bytes")
+    budget.add_argument(
+        "--ffn-on-flash", type=float, default=None, help="share of FFN left on flash (0.5)"
+    )
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
     return parser
 
 

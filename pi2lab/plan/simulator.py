@@ -19,7 +19,11 @@ What is the engine's own logic (reused, not re-modelled):
   computed ``batch`` at a time; the matrix barrier; mode ``none`` reads everything first;
   gate-first splits a miss into a gate read and an up/down read; bypassed units need a free
   staging row; the I/O engine's coalescing of adjacent requests of one submit (up to 1 MiB;
-  off with ``PipelineConfig(coalesce=False)``) and its first-request order.
+  off with ``PipelineConfig(coalesce=False)``) and its first-request order;
+- ``bundled=False`` (the ablation baseline, no neuron bundling): a miss is three reads, its
+  gate row, up row and down column, each from its own matrix-major region of the FFN's file
+  (down stored transposed, as PowerInfer does), so the rows of adjacent units are adjacent on
+  flash; each row is computed as it lands, a third of the unit's compute.
 
 What replaces the device (the model):
 
@@ -169,6 +173,7 @@ class _Costs:
     coalesce: bool
     read_rate: object  # io_bytes -> seconds one server is busy
     per_read: float = 0.0  # host time on the compute thread per unit read
+    units: int = 0  # U: the matrix-major regions of unbundled reads (phases 3-5)
 
 
 class _Reads:
@@ -188,10 +193,13 @@ class _Reads:
         order."""
         c = self.costs
         arr = np.array(batch, np.int64).reshape(-1, 3)  # [N, 3] (u, s, phase)
-        lo_part = np.array([0, 0, c.gate_bytes])
-        hi_part = np.array([c.stride, c.gate_bytes, c.unit_bytes])
-        off = arr[:, 0] * c.stride + lo_part[arr[:, 2]]  # [N]
-        length = hi_part[arr[:, 2]] - lo_part[arr[:, 2]]
+        # phases: 0 bundle, 1 gate row, 2 up/down (gate-first), 3-5 gate/up/down rows unbundled
+        row = c.unit_bytes // 3
+        step = np.array([c.stride] * 3 + [row] * 3)
+        base = np.array([0, 0, c.gate_bytes, 0, c.units * row, 2 * c.units * row])
+        size = np.array([c.stride, c.gate_bytes, c.unit_bytes - c.gate_bytes, row, row, row])
+        off = arr[:, 0] * step[arr[:, 2]] + base[arr[:, 2]]  # [N]
+        length = size[arr[:, 2]]
         order = np.argsort(off, kind="stable")
         off, length = off[order], length[order]
         new = np.ones(order.size, bool)
@@ -280,10 +288,12 @@ class _FfnSim:
         gate_first_from: int,
         fire_rate: float,
         rng,
+        bundled: bool = True,
     ):
         self.cache, self.p, self.c = cache, pipeline, costs
         self.stage_rows, self.split = stage_rows, gate_first_from
         self.fire_rate, self.rng = fire_rate, rng
+        self.pieces = (0,) if bundled else (3, 4, 5)
 
     def run(self, need: np.ndarray, t: int, layer: int, record: list | None):
         """Runs one token's FFN from time 0; returns (seconds, wait, compute, bytes, hits)."""
@@ -293,17 +303,19 @@ class _FfnSim:
         ahead = set(acc.admit[~wanted].tolist())
         gf = p.gate_first
         todo = collections.deque(
-            (u, s, 1 if gf and u >= self.split else 0)
+            (u, s, ph)
             for u, s in [
                 *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
                 *((u, -1) for u in acc.bypass.tolist()),
             ]
+            for ph in ((1,) if gf and u >= self.split else self.pieces)
         )
         todo.extend(
-            (u, s, 0)
+            (u, s, ph)
             for u, s in zip(
                 acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True
             )
+            for ph in self.pieces
         )
         mode = p.mode
         limit = p.depth if mode == "cluster" else len(todo)
@@ -372,7 +384,7 @@ class _FfnSim:
                     continue
                 finished.append(s)
                 if s < -1 or u not in ahead:  # read-ahead arrives but is not computed
-                    dur += c.unit - c.gate if phase == 2 else c.unit
+                    dur += {0: c.unit, 2: c.unit - c.gate}.get(phase, c.unit / 3)
             span("compute", dur + len(tags) * c.per_read, len(tags))
             free_rows.extend(-2 - s for s in finished if s < -1)
 
@@ -461,6 +473,7 @@ def simulate_decode(
     seed: int = 0,
     overhead_s: float = 0.0,
     read_overhead_s: float = 0.0,
+    bundled: bool = True,
 ) -> SimResult:
     """Simulates ``tokens`` decode tokens of a model on a device (all figures simulated).
 
@@ -488,6 +501,8 @@ def simulate_decode(
         engine; 0 models a native runtime).
       read_overhead_s: Host time on the compute thread per unit read (as
         :func:`pi2lab.plan.cost.calibrate_reads` fits it).
+      bundled: False reads a miss as three separate row reads from matrix-major regions
+        (no neuron bundling; see the module docstring); not with gate-first loading.
 
     Raises:
       ConfigError: unknown engine or shape, both or neither budget, a trace of the wrong shape.
@@ -520,6 +535,8 @@ def simulate_decode(
         hot_region=hot_region,
     )
     pipe = offload.pipeline_config()
+    if pipe.gate_first and not bundled:
+        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
     if pipe.gate_first and (shape.cluster_size != 1 or cfg.ffn_activation == "silu"):
         raise ConfigError(
             f"gate-first loading needs one neuron per unit and a ReLU-family FFN; shape "
@@ -582,6 +599,7 @@ def simulate_decode(
         coalesce=pipe.coalesce,
         read_rate=read_rate,
         per_read=read_overhead_s,
+        units=units,
     )
     mem = profile.memory_gbs * 1e9
     moe = cfg.is_moe
@@ -605,7 +623,9 @@ def simulate_decode(
             hot_units = plan.layers[i].hot // shape.cluster_size if plan is not None else 0
             split = max(getattr(cache.state, "hot_units", 0), hot_units)
             rng = np.random.default_rng([seed, i, e])
-            sims.append(_FfnSim(cache, pipe, costs, stage_rows, split, gate_fire_rate, rng))
+            sims.append(
+                _FfnSim(cache, pipe, costs, stage_rows, split, gate_fire_rate, rng, bundled)
+            )
         layer_events: list[Event] = []
         for t in range(tokens):
             front = attention + predictor * (int(routed[t].sum()) if moe else 1)
