@@ -27,8 +27,9 @@ What is the engine's own logic (reused, not re-modelled):
 
 What replaces the device (the model):
 
-- attention + predictor, per layer: (attention weights + predictors run) bytes / ``memory_gbs``;
-  the LM head likewise, once per token;
+- attention + predictor, per layer: (attention weights + predictors run) bytes / ``dense_gbs``
+  (the profile's rate for resident weights, the rate its in-memory decode speed was fitted
+  with, and the cost model's); the LM head likewise, once per token;
 - FFN compute: bytes of the bundles computed (payload + their resident scales) / ``sparse_gbs``;
   a gate-first gate row costs a third of that, its up/down the rest;
 - reads: ``io_threads`` FIFO servers; a read of ``b`` bytes (its 4 KiB-aligned span, as O_DIRECT
@@ -601,7 +602,7 @@ def simulate_decode(
         per_read=read_overhead_s,
         units=units,
     )
-    mem = profile.memory_gbs * 1e9
+    mem = profile.dense_gbs * 1e9  # resident weights: the profile's fitted compute rate
     moe = cfg.is_moe
     experts = cfg.num_experts if moe else 1
     attention = shape.attention_bytes() / mem + overhead_s
@@ -750,7 +751,7 @@ def _simulate_mmap(
             )
         resident_units = min(units, spare // unit_bytes // shape.num_ffns)
     used = fixed + resident_units * unit_bytes * shape.num_ffns
-    mem, dense = profile.memory_gbs * 1e9, profile.dense_gbs * 1e9
+    mem = dense = profile.dense_gbs * 1e9
     seq = profile.sequential_mbs * 1e6
     attention, head = shape.attention_bytes() / mem + overhead_s, shape.head_bytes() / mem
     experts = cfg.num_experts_per_tok if cfg.is_moe else 1

@@ -87,8 +87,10 @@ def test_tiny_case_time_is_attention_plus_reads_plus_compute():
         pipeline=PipelineConfig(mode="none"),
         warmup=0,
     )
-    front = (shape.attention_bytes() + shape.predictor_bytes()) / 40e9
-    head = shape.head_bytes() / 40e9
+    front = (
+        shape.attention_bytes() + shape.predictor_bytes()
+    ) / 30e9  # resident weights at dense_gbs
+    head = shape.head_bytes() / 30e9
     read = 4096 / 1000e6
     unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
     expected = front + 3 * read + 3 * unit + head
@@ -123,9 +125,9 @@ def test_adjacent_units_coalesce_into_one_larger_read():
     )
     merged = simulate_decode(shape, prof, **kw)
     rate = prof.read_mbs(3 * 4096) * 1e6
-    front = (shape.attention_bytes() + shape.predictor_bytes()) / 40e9
+    front = (shape.attention_bytes() + shape.predictor_bytes()) / 30e9
     unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
-    expected = front + 3 * 4096 / rate + 4096 / 1000e6 + 4 * unit + shape.head_bytes() / 40e9
+    expected = front + 3 * 4096 / rate + 4096 / 1000e6 + 4 * unit + shape.head_bytes() / 30e9
     assert merged.token_seconds[0] == pytest.approx(expected, rel=1e-12)
     assert sum(e.stage == "read" for e in merged.timeline.events) == 2
     kw["pipeline"] = PipelineConfig(mode="none", coalesce=False)
