@@ -420,7 +420,7 @@ def _describe() -> str:
 # Published phones
 
 PAPER = "PowerInfer-2 (arXiv 2406.06282)"
-_PAPER_MD = "as gathered in shared/paper/powerinfer2.md"
+_PAPER_MD = "arXiv 2406.06282"
 
 # Decode cost fitted once from the paper's in-memory decode speed (see _phone_compute_fit).
 _HIDDEN, _FFN, _LAYERS, _KV_WIDTH, _VOCAB = 4096, 14336, 32, 1024, 32000

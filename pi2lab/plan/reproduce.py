@@ -3,7 +3,7 @@
 No phone is used: each figure comes from :func:`pi2lab.plan.simulator.simulate_decode` on a
 built-in hardware profile (:func:`pi2lab.plan.hardware.builtin`, rates from the paper's published
 device characteristics) and a built-in model shape (:mod:`pi2lab.plan.shapes`), and is set beside
-the figure the paper reports (``/work/shared/paper/powerinfer2.md``, copied into :data:`PAPER`).
+the figure the paper reports (arXiv 2406.06282, copied into :data:`PAPER`).
 
 Nothing here is tuned per row: every row runs the same engines with the same defaults on the same
 profile, and the only inputs are the built-in profiles and shapes. Where a simulated figure misses
@@ -26,7 +26,7 @@ from pi2lab.plan.hardware import HardwareProfile, builtin
 from pi2lab.plan.shapes import get_shape
 from pi2lab.plan.simulator import SimResult, simulate_decode
 
-SOURCE = "paper notes /work/shared/paper/powerinfer2.md (arXiv 2406.06282)"
+SOURCE = "PowerInfer-2, arXiv 2406.06282 (v1 decode tables, v3 ablation)"
 
 MODELS: dict[str, str] = {
     "llama-7b": "Llama-7B (ReLU)",
@@ -69,7 +69,7 @@ PAPER: dict = {
     "in_memory_mistral": 12.5,  # motivation: TurboSparse-Mistral-7B in memory, OnePlus 12
     "llmflash_io_share": 0.767,  # motivation: LLM in a Flash's I/O share of latency
 }
-"""The paper's figures (as gathered in the paper notes); tokens/s unless named otherwise."""
+"""The paper's figures; tokens/s unless named otherwise."""
 
 TARGETS = {"within": 0.25, "over_llama_cpp": 15.0, "over_llmflash": (3.0, 5.0)}
 """What a faithful reproduction would show (reported, never tuned toward)."""
@@ -257,7 +257,7 @@ def decode_table(
         "notes": notes
         if paper_table
         else [
-            f"the paper notes give no {profile.name} results: simulated figures only",
+            f"the paper gives no {profile.name} results: simulated figures only",
             *notes,
         ],
     }
@@ -284,7 +284,7 @@ def _speedups(model, runs: dict, paper: dict, profile) -> dict:
                 + (
                     f"mmap simulated re-reading only the over-budget "
                     f"{r.bytes_per_token / 1e9:.2f} GB/token, sequentially at "
-                    f"{profile.sequential_mbs:,.0f} MB/s (paper notes: past RAM size the page "
+                    f"{profile.sequential_mbs:,.0f} MB/s (the paper: past RAM size the page "
                     "cache re-reads the whole model)"
                     if other == "llama.cpp-mmap"
                     else f"LLM in a Flash simulated waiting on reads {r.io_share:.0%} of token "
@@ -450,7 +450,7 @@ def memory_sweep(
             "0.3 GB runtime)"
         )
     else:
-        notes.append(f"the paper notes give no {profile.name} / {model} sweep: simulated only")
+        notes.append(f"the paper gives no {profile.name} / {model} sweep: simulated only")
     return {
         "simulated": True,
         "table": "memory_sweep",

@@ -4,7 +4,7 @@ A :class:`ModelShape` is what the simulator needs to know about a model without 
 the :class:`~pi2lab.config.ModelConfig` (sizes), how sparse each FFN is at decode, how skewed the
 firing frequencies are, and how the weights are stored (bytes per neuron bundle, quantization
 scales, predictors). Every sparsity figure names its source in :attr:`ModelShape.sources`; where
-the paper notes (``/work/shared/paper/powerinfer2.md``) have no figure, the value is marked
+the papers (PowerInfer-2, TurboSparse) give no figure, the value is marked
 ``assumed`` or ``calibrated`` and says from what.
 
 Storage (defaults): FFN bundles in int4 with one f16 scale per 64 elements of a row, the scales
@@ -26,7 +26,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
 from pi2lab.storage.layout import BITS, StorageDtype, round_up
 
-PAPER = "paper notes (/work/shared/paper/powerinfer2.md)"
+PAPER = "PowerInfer-2 / TurboSparse, arXiv 2406.06282 / 2406.05955"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -237,7 +237,7 @@ def _shape(name, config, inactive, source, **extra) -> ModelShape:
 
 def _builtin() -> dict[str, ModelShape]:
     relu_assumed = (
-        "assumed: ~90% inactive per token, similar to ReLU-fied Llama reports; the paper notes "
+        "assumed: ~90% inactive per token, similar to ReLU-fied Llama reports; the papers "
         f"give no ReluLLaMA figure ({PAPER})"
     )
     shapes = [
@@ -278,7 +278,7 @@ def _builtin() -> dict[str, ModelShape]:
             ModelConfig.bamboo_7b(),
             0.90,
             "assumed: ~90% inactive, as TurboSparse-Mistral (same Mistral base, dReLU); the "
-            f"paper notes give no Bamboo figure ({PAPER})",
+            f"the papers give no Bamboo figure ({PAPER})",
             sources={"config": "Bamboo-7B: Mistral-7B shapes, dReLU (ModelConfig.bamboo_7b)"},
         ),
         _shape(
