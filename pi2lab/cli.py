@@ -180,13 +180,17 @@ def _cmd_fidelity(args) -> int:
 def _cmd_info(args) -> int:
     from pi2lab.info import model_info
 
-    info = model_info(args.model)
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for key, value in info.items():
-            print(f"{key:>22}: {value}")
+    _print_summary(model_info(args.model), args.json, width=22)
     return 0
+
+
+def _print_summary(summary: dict, as_json: bool, width: int) -> None:
+    """One JSON object, or one ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>{width}}: {value}")
 
 
 def _cmd_bench(args) -> int:
@@ -232,11 +236,7 @@ def _print_layout(layout, as_json: bool) -> None:
         "has_plan": layout.plan is not None,
         "ok": True,
     }
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>15}: {value}")
+    _print_summary(summary, as_json, width=15)
 
 
 def _cmd_plan(args) -> int:
@@ -266,11 +266,7 @@ def _cmd_plan(args) -> int:
         "resident_tokens_per_s": round(1 / resident_s, 2),
         **chosen.to_json(),
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key:>24}: {value}")
+    _print_summary(out, args.json, width=24)
     return 0
 
 

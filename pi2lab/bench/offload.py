@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.bench import machine
-from pi2lab.bench.sparse import zipf_frequency
+from pi2lab.bench.sparse import synthetic_config, zipf_frequency
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
@@ -61,20 +61,17 @@ def bench_dir() -> Path:
     return Path(os.environ.get("PI2LAB_BENCH_DIR", Path.home() / ".cache" / "pi2lab" / "bench"))
 
 
-def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336) -> ModelConfig:
-    return ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
-        vocab_size=4096,
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        num_layers=layers,
-        num_heads=hidden // 128,
-        num_kv_heads=max(hidden // 512, 1),
-        head_dim=128,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
+def synthetic_model(layers: int, seed: int = 0):
+    """``bench sparse``'s synthetic model with a tied LM head, as a flash layout written once
+    under :func:`bench_dir` (shared with ``bench planner``), with its Zipf firing frequency
+    ``[F]`` and sparse plan (one-neuron clusters)."""
+    cfg = synthetic_config(layers, tie_word_embeddings=True)
+    frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
+    plan = SparsePlan.from_frequency(
+        np.broadcast_to(frequency, (layers, frequency.size)), cluster_size=1
     )
+    layout = synthetic_layout(cfg, plan, bench_dir() / f"synthetic-7b-{layers}l-f32", seed)
+    return layout, frequency, plan
 
 
 def synthetic_layout(cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int = 0):
@@ -194,7 +191,7 @@ def policy_hit_rates(unit_masks: list[np.ndarray], capacity: int, hot_units: int
     return out
 
 
-def _units_from_clusters(plan: SparsePlan, clusters: np.ndarray, unit: int) -> np.ndarray:
+def units_from_clusters(plan: SparsePlan, clusters: np.ndarray, unit: int) -> np.ndarray:
     """Cold-cluster masks ``[T, NC]`` of one layer -> unit masks ``[T, U]`` (hot block set)."""
     lp = plan.layers[0]
     per = lp.cluster_size // unit
@@ -253,14 +250,9 @@ def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
 
 
 def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dict:
-    cfg = synthetic_config(layers)
-    frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
-    plan = SparsePlan.from_frequency(
-        np.broadcast_to(frequency, (layers, frequency.size)), cluster_size=1
-    )
-    path = bench_dir() / f"synthetic-7b-{layers}l-f32"
     t0 = time.perf_counter()
-    layout = synthetic_layout(cfg, plan, path, seed)
+    layout, frequency, plan = synthetic_model(layers, seed)
+    cfg = layout.config
     setup_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
     blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
@@ -274,7 +266,7 @@ def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dic
     }
     del params
     long = replay_masks(np.random.default_rng(seed + 2), frequency, plan, 256)
-    unit_masks = [_units_from_clusters(plan, long[:, i], 1) for i in range(min(layers, 2))]
+    unit_masks = [units_from_clusters(plan, long[:, i], 1) for i in range(min(layers, 2))]
     curve = measure_bandwidth(
         layout.file_path(0), block_sizes=(4096, 49152, 1 << 20), threads=(1, 2), seconds=0.3
     )

@@ -24,13 +24,11 @@ from pi2lab.bench import machine
 from pi2lab.bench.offload import (
     bench_dir,
     replay_masks,
-    synthetic_config,
-    synthetic_layout,
-    zipf_frequency,
+    synthetic_model,
+    units_from_clusters,
 )
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, calibrate_reads, token_seconds
 from pi2lab.plan.planner import ExecutionPlan, plan
@@ -204,17 +202,8 @@ def bench_planner(
     result["bundled"] = validate(layout, hw, tokens, prompts=default_prompts(layout))
     if not quick or layers:
         n = layers or 4
-        cfg = synthetic_config(n)
-        frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
-        splan = SparsePlan.from_frequency(
-            np.broadcast_to(frequency, (n, frequency.size)), cluster_size=1
-        )
-        syn = synthetic_layout(cfg, splan, bench_dir() / f"synthetic-7b-{n}l-f32")
+        syn, frequency, splan = synthetic_model(n)
         masks = replay_masks(np.random.default_rng(3), frequency, splan, 4 * tokens)
-        hot = splan.layers[0].hot
-        unit_masks = [
-            np.concatenate([np.ones((len(masks), hot), bool), masks[:, i]], axis=1)
-            for i in range(n)
-        ]
+        unit_masks = [units_from_clusters(splan, masks[:, i], 1) for i in range(n)]
         result["synthetic_7b"] = validate(syn, hw, tokens, masks=masks, unit_masks=unit_masks)
     return result

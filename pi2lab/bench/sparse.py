@@ -32,6 +32,28 @@ from pi2lab.model.transformer import forward
 from pi2lab.predict.predictor import scores
 
 
+def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336, **overrides) -> ModelConfig:
+    """A dReLU model with 7B layer shapes (128-wide heads, 4 query heads per KV head) and a
+    small vocabulary, for benchmarks."""
+    return ModelConfig(
+        **{
+            **dict(
+                architecture="bamboo",
+                ffn_activation="drelu",
+                vocab_size=4096,
+                hidden_size=hidden,
+                intermediate_size=ffn,
+                num_layers=layers,
+                num_heads=hidden // 128,
+                num_kv_heads=max(hidden // 512, 1),
+                head_dim=128,
+                max_position_embeddings=1024,
+            ),
+            **overrides,
+        }
+    )
+
+
 def zipf_frequency(neurons: int, *, density: float = 0.1, skew: float = 1.0) -> np.ndarray:
     """Per-neuron firing probabilities ``[F]``, descending, ``min(1, c / (i+1)^skew)`` with c
     chosen so the mean is ``density``."""
@@ -286,18 +308,7 @@ def bench_synthetic(
     seed: int = 0,
 ) -> dict:
     """(b): 7B layer shapes, masks replayed from a Zipf-like profile."""
-    cfg = ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
-        vocab_size=4096,
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        num_layers=layers,
-        num_heads=hidden // 128,
-        num_kv_heads=max(hidden // 512, 1),
-        head_dim=128,
-        max_position_embeddings=1024,
-    )
+    cfg = synthetic_config(layers, hidden, ffn)
     params = init_params(cfg, jax.random.key(seed))
     freq = zipf_frequency(ffn, density=density, skew=skew)
     plan = SparsePlan.from_frequency(

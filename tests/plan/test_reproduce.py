@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan import reproduce as rp
 from pi2lab.plan.hardware import builtin
-from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
+from tests.plan.test_simulator import tiny
 
 PAPER_MD = Path("/work/shared/paper/powerinfer2.md")
 
@@ -151,18 +150,7 @@ def test_format_says_simulated_in_every_header(result):
 
 
 def test_unbundled_reads_three_rows_per_unit():
-    cfg = ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
-        vocab_size=100,
-        hidden_size=128,
-        intermediate_size=96,
-        num_layers=1,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=32,
-    )
-    shape = ModelShape(name="tiny", config=cfg, active_fraction=(0.05,))
+    shape = tiny()
     masks = np.zeros((3, shape.units), bool)
     masks[:, [0, 2, 5]] = True
     kw = dict(

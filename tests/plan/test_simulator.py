@@ -20,6 +20,7 @@ from pi2lab.plan.shapes import ModelShape, get_shape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
 from pi2lab.policies import LRU
+from tests.conftest import tiny_config
 
 
 def phone(scale_storage: float = 1.0) -> HardwareProfile:
@@ -42,16 +43,13 @@ def phone(scale_storage: float = 1.0) -> HardwareProfile:
 
 def mini(layers: int = 3, **fields) -> ModelShape:
     """A small dReLU shape, every axis its own size."""
-    cfg = ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
+    cfg = tiny_config(
         vocab_size=1000,
         hidden_size=512,
         intermediate_size=1536,
-        num_layers=layers,
         num_heads=8,
-        num_kv_heads=2,
         head_dim=64,
+        num_layers=layers,
     )
     frac = (0.1, 0.15, 0.08, 0.12)[:layers]
     return ModelShape(name="mini", config=cfg, active_fraction=frac, **fields)
@@ -59,16 +57,13 @@ def mini(layers: int = 3, **fields) -> ModelShape:
 
 def tiny() -> ModelShape:
     """One layer, 96 neurons of 192 bytes (int4, D=128): one 4 KiB read per unit."""
-    cfg = ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
+    cfg = tiny_config(
         vocab_size=100,
         hidden_size=128,
         intermediate_size=96,
-        num_layers=1,
         num_heads=4,
-        num_kv_heads=2,
         head_dim=32,
+        num_layers=1,
     )
     return ModelShape(name="tiny", config=cfg, active_fraction=(0.05,))
 

@@ -10,11 +10,11 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from pi2lab.config import ModelConfig
 from pi2lab.plan.cost import LayerStats, ModelStats
 from pi2lab.plan.hardware import HardwareProfile, StoragePoint
 from pi2lab.plan.shapes import ModelShape
 from pi2lab.viz import planner as vp
+from tests.conftest import tiny_config
 
 
 def profile(name="hand") -> HardwareProfile:
@@ -58,16 +58,13 @@ def stats() -> ModelStats:
 
 
 def tiny_shape() -> ModelShape:
-    cfg = ModelConfig(
-        architecture="bamboo",
-        ffn_activation="drelu",
+    cfg = tiny_config(
         vocab_size=100,
         hidden_size=128,
         intermediate_size=96,
-        num_layers=2,
         num_heads=4,
-        num_kv_heads=2,
         head_dim=32,
+        num_layers=2,
     )
     return ModelShape(name="tiny", config=cfg, active_fraction=(0.05, 0.1))
 
