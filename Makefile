@@ -10,11 +10,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.base: pyproject.toml | $(BIN)/python
+NATIVE := setup.py $(wildcard pi2lab/kernels/native/*.cc)
+
+$(VENV)/.base: pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
+$(VENV)/.dev: pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev,notebook,reference]"
 	touch $@ $(VENV)/.base
 

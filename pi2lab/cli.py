@@ -38,9 +38,10 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_for_engine(name: str, engine: str, threshold: float):
+def _load_for_engine(name: str, engine: str, threshold: float, cluster_size: int | None = None):
     """The model, and for the sparse engine its decoder: trained predictors when the model
-    directory has them, else the oracle (exact, no speed-up), which is said on stderr."""
+    directory has them (``cluster_size`` replacing the saved plan's), else the oracle (exact,
+    no speed-up), which is said on stderr."""
     from pi2lab.engine.sparse import SparseDecoder
     from pi2lab.model.pretrained import load_pretrained, resolve
     from pi2lab.predict.predictor import PREDICTORS_FILE
@@ -49,7 +50,7 @@ def _load_for_engine(name: str, engine: str, threshold: float):
     if engine == "dense":
         return load_pretrained(name), None
     if (resolve(name) / PREDICTORS_FILE).is_file():
-        return load_sparse(name, threshold=threshold)
+        return load_sparse(name, threshold=threshold, cluster_size=cluster_size)
     model = load_pretrained(name)
     print(
         f"pi2lab: {PREDICTORS_FILE} not found beside the model; sparse decode uses the oracle "
@@ -82,7 +83,7 @@ def _cmd_generate(args) -> int:
             return _print_generation(
                 args, generate(eng, args.prompt, engine=args.engine, **_sampling(args))
             )
-    model, sparse = _load_for_engine(args.model, args.engine, args.threshold)
+    model, sparse = _load_for_engine(args.model, args.engine, args.threshold, args.cluster_size)
     return _print_generation(
         args, generate(model, args.prompt, engine=args.engine, sparse=sparse, **_sampling(args))
     )
@@ -160,7 +161,7 @@ def _cmd_fidelity(args) -> int:
     from pi2lab.predict.fidelity import fidelity
     from pi2lab.train.corpus import corpus_tokens
 
-    model, sparse = _load_for_engine(args.model, "sparse", 0.0)
+    model, sparse = _load_for_engine(args.model, "sparse", 0.0, args.cluster_size)
     tokens = corpus_tokens(model, "held_out", args.sequences * args.length)
     seqs = [tokens[i * args.length : (i + 1) * args.length] for i in range(args.sequences)]
     rows = fidelity(model, sparse, seqs, args.thresholds)
@@ -180,7 +181,22 @@ def _cmd_fidelity(args) -> int:
 def _cmd_info(args) -> int:
     from pi2lab.info import model_info
 
-    _print_summary(model_info(args.model), args.json, width=22)
+    summary = model_info(args.model)
+    if args.kernels:
+        from pi2lab.kernels.ffi import kernel_status
+
+        summary = {**summary, **{f"kernel {k}": v for k, v in kernel_status().items()}}
+    if args.sparse:
+        from pi2lab.predict.sparsify import load_sparse
+
+        model, sparse = load_sparse(args.model, cluster_size=args.cluster_size)
+        memory = sparse.memory(model.params)
+        summary = {
+            **summary,
+            "sparse decoder": repr(sparse),
+            **{f"sparse {k[:-6]} MB": round(v / 1e6, 2) for k, v in memory.items()},
+        }
+    _print_summary(summary, args.json, width=22)
     return 0
 
 
@@ -357,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold", type=float, default=0.0, help="predictor logit threshold (sparse engine)"
     )
+    _cluster_size_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_generate)
 
@@ -385,11 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--thresholds", type=float, nargs="+", default=[-1.0, 0.0, 1.0])
+    _cluster_size_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser("info", help="architecture, shapes, parameters and bytes by component")
     p.add_argument("--model", default="builtin")
+    p.add_argument("--kernels", action="store_true", help="which sparse FFN kernel runs, and why")
+    p.add_argument(
+        "--sparse", action="store_true", help="memory of the sparse model and its predictors"
+    )
+    _cluster_size_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
@@ -485,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_simulate)
     return parser
+
+
+def _cluster_size_flag(p) -> None:
+    p.add_argument(
+        "--cluster-size",
+        type=int,
+        default=None,
+        help="sparse engine: neurons per cold cluster (default: the saved plan's; 1 computes "
+        "exactly the predicted neurons)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

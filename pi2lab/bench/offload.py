@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.bench import machine
-from pi2lab.bench.sparse import synthetic_config, zipf_frequency
+from pi2lab.bench.sparse import synthetic_config
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
@@ -38,6 +38,7 @@ from pi2lab.errors import StorageError
 from pi2lab.model.pretrained import data_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import LFU, LRU, Belady, Segmented, StaticHot, Window
+from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
 from pi2lab.storage.layout import FFN_KEYS, convert, convert_pretrained, open_layout
 
@@ -204,6 +205,7 @@ def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) 
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     cache = KVCache.zeros(cfg, 512)
     token, seconds = jnp.int32(1), []
+    params = plan.layout(params)
     for t, m in enumerate(masks):
         preds = [{"clusters": jnp.asarray(x)} for x in m]
         t0 = time.perf_counter()

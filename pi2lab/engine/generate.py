@@ -113,7 +113,7 @@ def _generate(
     elif engine == "sparse":
         sparse = sparse or SparseDecoder.oracle(cfg)
         sparse.plan.check(cfg)
-        step = functools.partial(sparse.step, model.params, cfg)
+        step = functools.partial(sparse.step, sparse.layout(model.params), cfg)
     elif offload is None:
         raise ValueError(f"engine={engine!r}: expected dense, sparse or an offload engine")
     if max_new_tokens < 1:

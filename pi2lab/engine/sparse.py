@@ -21,8 +21,9 @@ from pi2lab.engine.sampling import SamplingKnobs, sample
 from pi2lab.engine.state import KVCache
 from pi2lab.engine.traces import traced
 from pi2lab.errors import ConfigError
-from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity, sparse_ffn
+from pi2lab.kernels.sparse_ffn import ClusterPlan, Impl, cluster_activity, sparse_ffn
 from pi2lab.model.layers import ffn_activation, moe_routing
+from pi2lab.model.params import FFN_KEYS, split_ffn
 from pi2lab.model.transformer import forward
 from pi2lab.predict.predictor import scores
 
@@ -76,6 +77,35 @@ class SparsePlan:
             )
         return cls(layers=tuple(layers))
 
+    def with_cluster_size(self, cluster_size: int, neurons: int) -> SparsePlan:
+        """The same hot blocks (grown where needed so the cold neurons tile) with clusters of
+        ``cluster_size`` and room for every cold cluster."""
+        layers = []
+        for lp in self.layers:
+            hot = neurons - ((neurons - lp.hot) // cluster_size) * cluster_size
+            cap = (neurons - hot) // cluster_size
+            layers.append(ClusterPlan(hot=hot, cluster_size=cluster_size, capacity=cap))
+        return SparsePlan(layers=tuple(layers))
+
+    def layout(self, params: dict) -> dict:
+        """``params`` with the FFN in this plan's sparse layout: returned as they are when
+        already so, else split once (a copy of the FFN weights; drop the old ``params``)."""
+        hot = [lp.hot for lp in self.layers]
+        return split_ffn(params, hot, [lp.cluster_size for lp in self.layers])
+
+    def check_layout(self, params: dict) -> None:
+        """Raises ConfigError unless ``params`` hold the FFN in this plan's sparse layout."""
+        for i, (p, lp) in enumerate(zip(params["layers"], self.layers, strict=True)):
+            if (
+                "cold_gate" not in p
+                or p["hot_gate"].shape[-2] != lp.hot
+                or (p["cold_gate"].shape[-2] != lp.cluster_size)
+            ):
+                raise ConfigError(
+                    f"layer {i}: the FFN is not in the plan's sparse layout (hot={lp.hot}, "
+                    f"cluster_size={lp.cluster_size}); expected params from plan.layout(params)"
+                )
+
     def to_json(self) -> list[dict]:
         return [dataclasses.asdict(lp) for lp in self.layers]
 
@@ -94,14 +124,14 @@ class SparsePlan:
 
 def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     if pred is None:  # oracle: the true activations of the cold neurons
-        cold = cfg.intermediate_size - lp.hot
 
-        def rows(w):
+        def cold(k):  # [NC, C, D] -> [F - hot, D]
+            w = p[f"cold_{k}"]
             w = w if expert is None else jax.lax.dynamic_index_in_dim(w, expert, 0, False)
-            return jax.lax.slice_in_dim(w, lp.hot, lp.hot + cold)
+            return w.reshape(-1, w.shape[-1])
 
         act = ffn_activation(
-            rows(p["gate"]) @ x, rows(p["up"]) @ x, cfg.ffn_activation, cfg.activation_threshold
+            cold("gate") @ x, cold("up") @ x, cfg.ffn_activation, cfg.activation_threshold
         )
         active = jnp.concatenate([jnp.ones(lp.hot, bool), act != 0])
     else:
@@ -113,35 +143,36 @@ def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     return cluster_activity(active, lp)
 
 
-def sparse_ffn_hook(cfg: ModelConfig, plan: SparsePlan, predictors, threshold):
-    """A forward ``ffn`` hook for one decode token; its second output is the number of active
-    cold clusters (summed over routed experts) in that layer."""
+def sparse_ffn_hook(cfg: ModelConfig, plan: SparsePlan, predictors, threshold, impl: Impl):
+    """A forward ``ffn`` hook for one decode token on sparse-layout parameters; its second
+    output is the number of active cold clusters (summed over routed experts) in that layer."""
 
     def hook(i, resid, h, p):
         lp, pred = plan.layers[i], None if predictors is None else predictors[i]
         x, r = h[0, 0], resid[0, 0]  # [D]
         run = functools.partial(
-            sparse_ffn, plan=lp, kind=cfg.ffn_activation, threshold=cfg.activation_threshold
+            sparse_ffn,
+            plan=lp,
+            kind=cfg.ffn_activation,
+            threshold=cfg.activation_threshold,
+            impl=impl,
         )
         if not cfg.is_moe:
             clusters = _active_clusters(cfg, lp, p, r, x, pred, threshold, None)
-            out = run(x, p["gate"], p["up"], p["down"], clusters)
-            return out[None, None], jnp.sum(clusters)
+            return run(x, p, clusters)[None, None], jnp.sum(clusters)
         weights = moe_routing(h, p["router"], cfg.num_experts_per_tok)[0, 0]  # [E]
         top_w, top_e = jax.lax.top_k(weights, cfg.num_experts_per_tok)
         out, count = jnp.zeros_like(x), jnp.int32(0)
         for j in range(cfg.num_experts_per_tok):
             clusters = _active_clusters(cfg, lp, p, r, x, pred, threshold, top_e[j])
-            out = out + top_w[j].astype(x.dtype) * run(
-                x, p["gate"], p["up"], p["down"], clusters, expert=top_e[j]
-            )
+            out = out + top_w[j].astype(x.dtype) * run(x, p, clusters, expert=top_e[j])
             count = count + jnp.sum(clusters)
         return out[None, None], count
 
     return hook
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "plan"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "plan", "impl"), donate_argnames=("cache",))
 def sparse_decode_step(
     params: dict,
     predictors,
@@ -153,9 +184,11 @@ def sparse_decode_step(
     pos: jax.Array,
     key: jax.Array,
     knobs: SamplingKnobs,
+    impl: Impl = "auto",
 ):
     """Like :func:`pi2lab.engine.decode.decode_step` with a sparse FFN.
 
+    ``params`` must hold the FFN in the sparse layout of ``plan`` (:meth:`SparseDecoder.layout`).
     ``predictors`` is a list of per-layer predictor dicts (``fc1, b1, fc2, b2``, or
     ``clusters``: a replayed ``[NC]`` cold-cluster mask for this token), or None for the
     oracle; ``threshold`` (a traced logit threshold) marks a neuron active when its score
@@ -164,7 +197,8 @@ def sparse_decode_step(
     Returns the next token, logits ``[V]``, the cache and active cold clusters per layer ``[L]``.
     """
     traced("sparse_decode_step")
-    hook = sparse_ffn_hook(cfg, plan, predictors, threshold)
+    plan.check_layout(params)
+    hook = sparse_ffn_hook(cfg, plan, predictors, threshold, impl)
     logits, cache, counts = forward(params, cfg, token.reshape(1, 1), pos, cache, ffn=hook)
     logits = logits[0, 0]
     return sample(logits, jax.random.fold_in(key, pos), knobs), logits, cache, jnp.stack(counts)
@@ -174,19 +208,51 @@ def sparse_decode_step(
 class SparseDecoder:
     """What sparse decode needs beside the model: its plan, predictors and threshold.
 
+    The model's FFN weights must be in the plan's sparse layout (:meth:`layout`, done once at
+    load by :func:`pi2lab.predict.sparsify.load_sparse`); dense prefill and dense decode read
+    that layout too, so no second copy of the FFN is kept.
+
     Attributes:
       plan: Static hot/cluster layout per layer.
       predictors: Per-layer predictor parameters, or None for the oracle.
       threshold: Logit threshold of the trained predictors (0 = probability 0.5); traced.
+      impl: Sparse FFN formulation (:func:`pi2lab.kernels.sparse_ffn.sparse_ffn`); static.
     """
 
     plan: SparsePlan
     predictors: list | None = None
     threshold: float = 0.0
+    impl: Impl = "auto"
 
     @classmethod
     def oracle(cls, cfg: ModelConfig, plan: SparsePlan | None = None) -> SparseDecoder:
         return cls(plan=plan or SparsePlan.uniform(cfg))
+
+    def layout(self, params: dict) -> dict:
+        """See :meth:`SparsePlan.layout`."""
+        return self.plan.layout(params)
+
+    def memory(self, params: dict) -> dict:
+        """Bytes sparse decode holds: hot blocks, cold clusters, the rest of the model and
+        the predictors, and whether a whole-matrix copy of the FFN is also held."""
+        out = {"hot_bytes": 0, "cold_bytes": 0, "other_bytes": 0, "dense_ffn_bytes": 0}
+        for p in params["layers"]:
+            for k, v in p.items():
+                group = k.split("_")[0] if k.startswith(("hot_", "cold_")) else "other"
+                out[f"{'dense_ffn' if k in FFN_KEYS else group}_bytes"] += v.nbytes
+        out["other_bytes"] += sum(v.nbytes for k, v in params.items() if k != "layers")
+        out["predictor_bytes"] = sum(a.nbytes for a in jax.tree.leaves(self.predictors))
+        out["total_bytes"] = sum(out.values())
+        return out
+
+    def __repr__(self) -> str:
+        lp = self.plan.layers
+        return (
+            f"SparseDecoder({len(lp)} layers, hot {[p.hot for p in lp]}, clusters of "
+            f"{sorted({p.cluster_size for p in lp})}, "
+            f"{'oracle' if self.predictors is None else 'trained predictors'}, "
+            f"threshold={self.threshold}, impl={self.impl!r})"
+        )
 
     def step(self, params, cfg, cache, token, pos, key, knobs):
         token, logits, cache, _ = sparse_decode_step(
@@ -200,5 +266,6 @@ class SparseDecoder:
             pos,
             key,
             knobs,
+            self.impl,
         )
         return token, logits, cache

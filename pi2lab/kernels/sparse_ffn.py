@@ -1,28 +1,41 @@
 """Neuron-cluster sparse FFN for single-token decode.
 
-Neurons are in hot-first order (see :mod:`pi2lab.predict.reorder`): ``[0, hot)`` is the hot
-block, computed densely every token; the rest are cold, grouped into clusters of ``C``
-contiguous neurons, and only clusters the predictor marks active are computed. Each active
-cluster's gate/up/down rows are read in place with ``dynamic_slice`` inside a loop whose trip
-count is the number of active clusters: a gather of rows would materialise a copy, which is
-slower than dense under XLA on the CPU.
+Neurons are in hot-first order (see :mod:`pi2lab.predict.reorder`) and stored in the sparse
+layout (:func:`pi2lab.model.params.split_ffn`): the hot block ``[H, D]`` as arrays of its own,
+computed every token, and the cold neurons cluster-major ``[NC, C, D]``, of which only the
+clusters the predictor marks active are computed. Nothing is sliced out of a larger matrix
+inside the step (XLA:CPU copies such slices before a dot).
 
-When more clusters are active than ``capacity`` (the static size of the index buffer), the
-kernel falls back to a masked dense pass that computes exactly the same neurons, so the result
-never depends on the capacity, only the speed does.
+Two formulations compute the same thing (``impl``):
+  * ``"native"``: one XLA FFI call per FFN (:mod:`pi2lab.kernels.ffi`) that reads the hot
+    block and the active clusters in place on all cores and skips the down row of every
+    neuron whose activation is zero. CPU only, float32.
+  * ``"loop"``: pure JAX, a loop over the active clusters reading each ``[C, D]`` in place;
+    XLA runs it on one core. Used on other backends and where the native kernels are absent.
+``"auto"`` picks native where it can run.
+
+The loop's index buffer has a static size, ``capacity``; when more clusters are active it falls
+back to a masked dense pass that computes exactly the same neurons, so the result never
+depends on the capacity, only the speed does. The native kernel reads the cluster mask itself
+and has no capacity.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
-from pi2lab.model.layers import ffn_activation
+from pi2lab.kernels.ffi import native_available
+from pi2lab.model.layers import ffn_activation, ffn_blocks
+
+Impl = Literal["auto", "native", "loop"]
+_KINDS = {"silu": 0, "relu": 1, "drelu": 2, "fatrelu": 3}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,73 +76,130 @@ def cluster_activity(active: jax.Array, plan: ClusterPlan) -> jax.Array:
     return cold.reshape(-1, plan.cluster_size).any(axis=-1)
 
 
-def _rows(w: jax.Array, expert: jax.Array | None, start, size: int) -> jax.Array:
-    """Rows ``[start, start+size)`` of ``w [F, D]`` or of expert ``expert`` of ``w [E, F, D]``."""
-    if expert is None:
-        return jax.lax.dynamic_slice_in_dim(w, start, size, axis=0)
-    return jax.lax.dynamic_slice(w, (expert, start, 0), (1, size, w.shape[-1]))[0]
+def _expert(w: jax.Array, expert: jax.Array | None, lead: int) -> jax.Array:
+    """``w`` itself, or expert ``expert`` of ``w [E, ...]`` (``lead`` = rank without E)."""
+    if expert is None or w.ndim == lead:
+        return w
+    return jax.lax.dynamic_index_in_dim(w, expert, 0, keepdims=False)
+
+
+def _hot(x, p, kind, threshold, expert):
+    g, u, d = (_expert(p[f"hot_{k}"], expert, 2) for k in ("gate", "up", "down"))
+    if g.shape[0] == 0:
+        return jnp.zeros(x.shape[-1], jnp.float32)
+    h = ffn_activation(jnp.einsum("hd,d->h", g, x), jnp.einsum("hd,d->h", u, x), kind, threshold)
+    return jnp.einsum("h,hd->d", h, d).astype(jnp.float32)
+
+
+def _loop(x, p, idx, count, kind, threshold, expert):
+    """Hot block, then a loop over the first ``count`` clusters of ``idx`` (one core)."""
+    cg, cu, cd = (p[f"cold_{k}"] for k in ("gate", "up", "down"))
+
+    def body(i, acc):
+        j = idx[i]
+        rows = (lambda w: w[j]) if expert is None else (lambda w: w[expert, j])  # [C, D]
+        h = ffn_activation(rows(cg) @ x, rows(cu) @ x, kind, threshold)
+        return acc + (h @ rows(cd)).astype(jnp.float32)
+
+    hot = _hot(x, p, kind, threshold, expert)
+    return hot if idx.size == 0 else jax.lax.fori_loop(0, count, body, hot)
+
+
+def _native(x, p, active_clusters, kind, threshold, expert):
+    """The whole FFN in one FFI call (see ``pi2lab/kernels/native/sparse_ffn.cc``); it reads
+    the cluster mask itself, so it needs no index buffer and has no capacity."""
+    call = jax.ffi.ffi_call("pi2lab_sparse_ffn_f32", jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    weights = [p[f"{part}_{k}"] for part in ("hot", "cold") for k in ("gate", "up", "down")]
+    return call(
+        x.astype(jnp.float32),
+        jnp.int32(0) if expert is None else expert.astype(jnp.int32),
+        active_clusters.astype(bool),
+        *weights,
+        kind=np.int32(_KINDS[kind]),
+        threshold=np.float32(threshold),
+    )
+
+
+def resolve_impl(impl: Impl, p: dict) -> Literal["native", "loop"]:
+    """The formulation ``impl`` names for layer weights ``p``: ``auto`` is native where the
+    extension is built and the weights are float32 (the loop otherwise)."""
+    f32 = all(v.dtype == jnp.float32 for k, v in p.items() if k.startswith(("hot_", "cold_")))
+    if impl == "native" and not (native_available() and f32):
+        raise ConfigError(
+            "impl='native': the native kernels are not built or the weights are not float32; "
+            "expected impl='auto' or 'loop' (see `pi2lab info --kernels`)"
+        )
+    if impl == "auto":
+        return "native" if native_available() and f32 else "loop"
+    return impl
 
 
 def sparse_ffn(
     x: jax.Array,
-    gate: jax.Array,
-    up: jax.Array,
-    down: jax.Array,
+    p: dict,
+    active_clusters: jax.Array,
+    plan: ClusterPlan,
+    kind: Activation,
+    threshold: float = 0.0,
+    expert: jax.Array | None = None,
+    impl: Impl = "auto",
+) -> jax.Array:
+    """FFN output ``[D]`` for one token ``x [D]``, computing the hot block and active clusters.
+
+    Args:
+      p: one layer's parameters in the sparse layout (``hot_* [H, D]``, ``cold_* [NC, C, D]``;
+        MoE: a leading ``[E]`` and ``expert`` an int32 index).
+      active_clusters: ``[NC]`` bool, the cold clusters to compute.
+      impl: ``native`` (one FFI call, CPU), ``loop`` (pure JAX) or ``auto``.
+    """
+    use = resolve_impl(impl, p)
+    if use == "native":
+        native = lambda: _native(x, p, active_clusters, kind, threshold, expert)
+        loop = lambda: _capped_loop(x, p, active_clusters, plan, kind, threshold, expert)
+        # the FFI target exists for the CPU only; other backends lower the loop
+        return jax.lax.platform_dependent(cpu=native, default=loop).astype(x.dtype)
+    return _capped_loop(x, p, active_clusters, plan, kind, threshold, expert).astype(x.dtype)
+
+
+def _capped_loop(x, p, active_clusters, plan, kind, threshold, expert):
+    """The loop over at most ``plan.capacity`` active clusters, or masked dense beyond."""
+    nc = p["cold_gate"].shape[-3]
+    count = jnp.sum(active_clusters, dtype=jnp.int32)
+    if nc == 0 or plan.capacity == 0:
+        idx = jnp.zeros(0, jnp.int32)
+    else:
+        idx = jnp.nonzero(active_clusters, size=plan.capacity, fill_value=0)[0].astype(jnp.int32)
+
+    def within(_):
+        return _loop(x, p, idx, jnp.minimum(count, plan.capacity), kind, threshold, expert)
+
+    def masked_dense(_):
+        # every neuron with the others zeroed: the same neurons at dense speed
+        return sparse_ffn_reference(x, p, active_clusters, plan, kind, threshold, expert)
+
+    if nc == 0:
+        return within(None)
+    return jax.lax.cond(count <= plan.capacity, within, masked_dense, None)
+
+
+def sparse_ffn_reference(
+    x: jax.Array,
+    p: dict,
     active_clusters: jax.Array,
     plan: ClusterPlan,
     kind: Activation,
     threshold: float = 0.0,
     expert: jax.Array | None = None,
 ) -> jax.Array:
-    """FFN output ``[D]`` for one token ``x [D]``, computing the hot block and active clusters.
-
-    Args:
-      gate, up, down: neuron-major ``[F, D]`` (or ``[E, F, D]`` with ``expert`` an int32 index).
-      active_clusters: ``[NC]`` bool, the cold clusters to compute.
-    """
-    c, f = plan.cluster_size, gate.shape[-2]
-    count = jnp.sum(active_clusters, dtype=jnp.int32)
-
-    def block(start, size, mask=None):
-        rows = functools.partial(_rows, expert=expert, start=start, size=size)
-        h = ffn_activation(rows(gate) @ x, rows(up) @ x, kind, threshold)
-        return (h if mask is None else h * mask) @ rows(down)
-
-    def hot_and_clusters(_):
-        # dynamic_slice, not a static slice: XLA copies a static slice of a parameter first
-        out = block(0, plan.hot) if plan.hot else jnp.zeros(x.shape[-1], x.dtype)
-        if plan.capacity == 0:
-            return out
-        idx = jnp.nonzero(active_clusters, size=plan.capacity, fill_value=0)[0]  # [capacity]
-        return jax.lax.fori_loop(
-            0, count, lambda i, acc: acc + block(plan.hot + idx[i] * c, c), out
-        )
-
-    def masked_dense(_):
-        # whole matrices with the other neurons zeroed: the same neurons at dense speed
-        # (slicing the cold part off would make XLA copy it)
-        mask = jnp.concatenate([jnp.ones(plan.hot, bool), jnp.repeat(active_clusters, c)])
-        return block(0, f, mask)
-
-    if plan.num_clusters(f) == 0:
-        return hot_and_clusters(None).astype(x.dtype)
-    out = jax.lax.cond(count <= plan.capacity, hot_and_clusters, masked_dense, None)
-    return out.astype(x.dtype)
-
-
-def sparse_ffn_reference(
-    x: jax.Array,
-    gate: jax.Array,
-    up: jax.Array,
-    down: jax.Array,
-    active_clusters: jax.Array,
-    plan: ClusterPlan,
-    kind: Activation,
-    threshold: float = 0.0,
-) -> jax.Array:
-    """Plain-jnp reference: all neurons computed, those outside hot and active clusters zeroed."""
+    """Plain-jnp reference: all neurons computed, those outside hot and active clusters zeroed.
+    ``p`` in either layout; each block is computed where it lies (no concatenated copy)."""
     mask = jnp.concatenate(
         [jnp.ones(plan.hot, bool), jnp.repeat(active_clusters, plan.cluster_size)]
     )
-    h = ffn_activation(gate @ x, up @ x, kind, threshold) * mask
-    return h @ down
+    out, start = jnp.zeros(x.shape[-1], jnp.float32), 0
+    for block in ffn_blocks(p):
+        gate, up, down = (_expert(w, expert, 2) for w in block)
+        n = gate.shape[0]
+        h = ffn_activation(gate @ x, up @ x, kind, threshold) * mask[start : start + n]
+        out, start = out + (h @ down).astype(jnp.float32), start + n
+    return out

@@ -95,15 +95,34 @@ def ffn_activation(
     raise ValueError(f"unknown FFN activation {kind!r}")
 
 
+def ffn_blocks(p: dict) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+    """A layer's FFN weights as ``(gate, up, down)`` blocks of neurons, each ``[..., F_i, D]``:
+    the whole matrices, or (sparse layout) the hot block then the cold clusters flattened (a
+    reshape, not a copy). Blocks with no neurons are left out."""
+    if "gate" in p:
+        return [(p["gate"], p["up"], p["down"])]
+    flat = lambda w: w.reshape(*w.shape[:-3], -1, w.shape[-1])  # [..., NC, C, D] -> [..., F, D]
+    blocks = [
+        (p["hot_gate"], p["hot_up"], p["hot_down"]),
+        (flat(p["cold_gate"]), flat(p["cold_up"]), flat(p["cold_down"])),
+    ]
+    return [b for b in blocks if b[0].shape[-2]]
+
+
 def ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """Dense FFN. ``x [B, T, D]``; weights neuron-major ``gate, up, down: [F, D]``.
+    """Dense FFN. ``x [B, T, D]``; weights neuron-major ``gate, up, down: [F, D]`` (or the
+    sparse layout, see :func:`ffn_blocks`).
 
     Returns the output ``[B, T, D]`` and the neuron activations ``[B, T, F]``.
     """
-    gate = jnp.einsum("btd,fd->btf", x, p["gate"])
-    up = jnp.einsum("btd,fd->btf", x, p["up"])
-    act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
-    return jnp.einsum("btf,fd->btd", act, p["down"]), act
+    out, acts = 0.0, []
+    for gate_w, up_w, down_w in ffn_blocks(p):
+        gate = jnp.einsum("btd,fd->btf", x, gate_w)
+        up = jnp.einsum("btd,fd->btf", x, up_w)
+        act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
+        out = out + jnp.einsum("btf,fd->btd", act, down_w)
+        acts.append(act)
+    return out, jnp.concatenate(acts, axis=-1)
 
 
 def moe_routing(x: jax.Array, router: jax.Array, top_k: int) -> jax.Array:
@@ -121,12 +140,17 @@ def moe_routing(x: jax.Array, router: jax.Array, top_k: int) -> jax.Array:
 def moe_ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """Mixture-of-experts FFN computed densely over all experts, weighted by the router.
 
-    Weights ``gate, up, down: [E, F, D]``, ``router [E, D]``. Returns the output ``[B, T, D]``
-    and activations ``[B, T, E, F]`` zeroed for experts the token was not routed to.
+    Weights ``gate, up, down: [E, F, D]`` (or the sparse layout), ``router [E, D]``. Returns
+    the output ``[B, T, D]`` and activations ``[B, T, E, F]`` zeroed for experts the token
+    was not routed to.
     """
     weights = moe_routing(x, p["router"], cfg.num_experts_per_tok).astype(x.dtype)  # [B, T, E]
-    gate = jnp.einsum("btd,efd->btef", x, p["gate"])
-    up = jnp.einsum("btd,efd->btef", x, p["up"])
-    act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
-    act = act * (weights > 0)[..., None]
-    return jnp.einsum("btef,efd,bte->btd", act, p["down"], weights), act
+    out, acts = 0.0, []
+    for gate_w, up_w, down_w in ffn_blocks(p):
+        gate = jnp.einsum("btd,efd->btef", x, gate_w)
+        up = jnp.einsum("btd,efd->btef", x, up_w)
+        act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
+        act = act * (weights > 0)[..., None]
+        out = out + jnp.einsum("btef,efd,bte->btd", act, down_w, weights)
+        acts.append(act)
+    return out, jnp.concatenate(acts, axis=-1)

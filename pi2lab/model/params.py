@@ -5,6 +5,11 @@ Internal layout (one dict per layer; FFN weights neuron-major so neuron i is row
   embed [V, D], final_norm [D], lm_head [V, D] (absent when tied), layers: list of
   attn_norm [D], q [D, H, K], k [D, G, K], v [D, G, K], o [H, K, D], ffn_norm [D],
   gate / up / down [F, D]  (MoE: router [E, D], gate / up / down [E, F, D]).
+
+Sparse layout (:func:`split_ffn`, built once for sparse decode): each layer's FFN as a hot
+block ``hot_gate / hot_up / hot_down [H, D]`` and cluster-major cold neurons
+``cold_gate / cold_up / cold_down [NC, C, D]`` (MoE: a leading ``[E]``), in hot-first order.
+Every forward reads either layout (:func:`pi2lab.model.layers.ffn_blocks`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.config import ModelConfig
+from pi2lab.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +151,57 @@ def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float 
         hf = jax.random.normal(k, spec.hf_shape, jnp.float32) * scale
         leaves[spec.path] = spec.to_internal(np.asarray(hf))
     return assemble(cfg, leaves, dtype)
+
+
+FFN_KEYS = ("gate", "up", "down")
+
+
+def is_split(layer: dict) -> bool:
+    """Whether a layer's FFN is in the sparse layout (hot block + cluster-major cold)."""
+    return "cold_gate" in layer
+
+
+def split_ffn(params: dict, hot: list[int], cluster_size: list[int]) -> dict:
+    """Parameters with each layer's FFN in the sparse layout: neurons ``[0, hot[i])`` as the
+    hot block, the rest as ``[NC, C, D]`` clusters of ``cluster_size[i]`` neurons.
+
+    A layer already split with the same hot size and cluster size is kept as it is; one split
+    differently is merged first. Other parameters are shared, not copied.
+    """
+    layers = []
+    for p, h, c in zip(params["layers"], hot, cluster_size, strict=True):
+        if is_split(p):
+            if p["hot_gate"].shape[-2] == h and p["cold_gate"].shape[-2] == c:
+                layers.append(p)
+                continue
+            p = merge_ffn({"layers": [p]})["layers"][0]
+        f = p["gate"].shape[-2]
+        if not 0 <= h <= f or c <= 0 or (f - h) % c:
+            raise ConfigError(
+                f"sparse layout: hot={h}, cluster_size={c} leave {f - h} cold neurons; "
+                f"expected 0 <= hot <= {f} and the cold neurons a multiple of cluster_size"
+            )
+        rest = {k: v for k, v in p.items() if k not in FFN_KEYS}
+        for k in FFN_KEYS:
+            w = p[k]  # [..., F, D]
+            cold = w[..., h:, :]
+            rest[f"hot_{k}"] = w[..., :h, :]
+            rest[f"cold_{k}"] = cold.reshape(*w.shape[:-2], -1, c, w.shape[-1])
+        layers.append(rest)
+    return {**params, "layers": layers}
+
+
+def merge_ffn(params: dict) -> dict:
+    """The inverse of :func:`split_ffn`: every layer's FFN as whole ``[F, D]`` matrices."""
+    layers = []
+    for p in params["layers"]:
+        if not is_split(p):
+            layers.append(p)
+            continue
+        rest = {k: v for k, v in p.items() if not k.startswith(("hot_", "cold_"))}
+        for k in FFN_KEYS:
+            cold = p[f"cold_{k}"]
+            cold = cold.reshape(*cold.shape[:-3], -1, cold.shape[-1])
+            rest[k] = jnp.concatenate([p[f"hot_{k}"], cold], axis=-2)
+        layers.append(rest)
+    return {**params, "layers": layers}

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from pi2lab.config import ModelConfig
 from pi2lab.errors import CheckpointError, ConfigError
 from pi2lab.fileio import make_readable
-from pi2lab.model.params import assemble, leaf, tensor_specs
+from pi2lab.model.params import assemble, leaf, merge_ffn, tensor_specs
 
 BUILTIN = "pydoc-drelu"
 SINGLE_FILE = "model.safetensors"
@@ -223,11 +223,10 @@ def save_pretrained(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    params = merge_ffn(model.params)  # the sparse layout is saved as whole matrices
     try:
         tensors = {
-            spec.hf_name: spec.to_hf(np.asarray(leaf(model.params, spec.path), np.float32)).astype(
-                dtype
-            )
+            spec.hf_name: spec.to_hf(np.asarray(leaf(params, spec.path), np.float32)).astype(dtype)
             for spec in tensor_specs(model.config)
         }
         safetensors.numpy.save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})

@@ -39,7 +39,7 @@ class ModelShape:
       active_fraction: ``[L]`` mean fraction of FFN neurons active per decode token, per layer
         (per routed expert for MoE).
       skew: Zipf exponent of the per-neuron firing frequencies (hot-set skew; see
-        :func:`pi2lab.bench.sparse.zipf_frequency`).
+        :func:`pi2lab.predict.synthetic.zipf_frequency`).
       reuse: Token-to-token correlation: probability that a unit active at token t-1 stays
         active at t (see :class:`pi2lab.plan.traces.SyntheticTrace`).
       dtype: Storage dtype of FFN bundles and of the other weights.

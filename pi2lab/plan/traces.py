@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pi2lab.bench.sparse import zipf_frequency
 from pi2lab.cache import simulate, unit_masks
 from pi2lab.errors import ConfigError
 from pi2lab.policies import LRU
 from pi2lab.predict.profile import ActivationTrace
+from pi2lab.predict.synthetic import zipf_frequency
 
 
 def recorded_masks(trace: ActivationTrace, cluster_size: int = 1, hot: int = 0) -> list:

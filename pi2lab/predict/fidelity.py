@@ -7,6 +7,8 @@ forward over the same tokens (equal to dense decode within float error).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,13 +29,14 @@ def sparse_logits(model, sparse: SparseDecoder, tokens: np.ndarray):
     """Teacher-forced sparse decode of ``tokens [T]``: logits ``[T-1, V]`` for positions
     ``1..T-1`` and the active cold clusters per step and layer ``[T-1, L]``."""
     cfg = model.config
+    params = sparse.layout(model.params)
     cache = KVCache.zeros(cfg, bucket(tokens.size, 128), dtype=model.dtype)
-    _, cache = prefill(model.params, cfg, pad(tokens[:1], bucket(1)), jnp.int32(1), cache)
+    _, cache = prefill(params, cfg, pad(tokens[:1], bucket(1)), jnp.int32(1), cache)
     knobs, key, thr = SamplingKnobs.make(), jax.random.key(0), jnp.float32(sparse.threshold)
     out, counts = [], []
     for pos in range(tokens.size - 1):
         _, logits, cache, c = sparse_decode_step(
-            model.params,
+            params,
             sparse.predictors,
             thr,
             cfg,
@@ -43,6 +46,7 @@ def sparse_logits(model, sparse: SparseDecoder, tokens: np.ndarray):
             jnp.int32(pos),
             key,
             knobs,
+            sparse.impl,
         )
         out.append(logits)
         counts.append(c)
@@ -62,7 +66,7 @@ def fidelity(
     experts = max(model.config.num_experts_per_tok, 1)
     rows = []
     for t in thresholds:
-        dec = SparseDecoder(plan=sparse.plan, predictors=sparse.predictors, threshold=t)
+        dec = dataclasses.replace(sparse, threshold=t)
         nll, agree, density = [], [], []
         for seq, d in zip(sequences, dense, strict=True):
             logits, counts = sparse_logits(model, dec, seq)

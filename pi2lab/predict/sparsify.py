@@ -11,13 +11,18 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.errors import ConfigError
 from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
+from pi2lab.predict.placement import coactivation_orders
 from pi2lab.predict.predictor import PredictorConfig, Predictors, collect, fit_predictors
 from pi2lab.predict.reorder import hot_first_order, permute_params
+
+Placement = Literal["frequency", "coactivation"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,13 +33,15 @@ class Sparsified:
       model: The model with neurons permuted hot-first (outputs unchanged).
       predictors: Trained predictors in hot-first order.
       plan: Hot block and clusters per layer.
-      frequency: Hot-first firing frequency per neuron ``[L, F]`` (``[L, E, F]``).
+      frequency: Firing frequency per neuron ``[L, F]`` (``[L, E, F]``), in the model's order.
+      placement: How cold neurons are ordered: by frequency, or grouped by co-activation.
     """
 
     model: object
     predictors: Predictors
     plan: SparsePlan
     frequency: np.ndarray
+    placement: Placement = "frequency"
 
     def decoder(self, threshold: float = 0.0) -> SparseDecoder:
         return SparseDecoder(plan=self.plan, predictors=self.predictors.layers, threshold=threshold)
@@ -42,7 +49,11 @@ class Sparsified:
     def save(self, out: str | os.PathLike) -> Path:
         """Writes the hot-first model and ``predictors.safetensors`` (with the plan) to ``out``."""
         out = save_pretrained(self.model, out)
-        report = {**self.predictors.report, "plan": self.plan.to_json()}
+        report = {
+            **self.predictors.report,
+            "plan": self.plan.to_json(),
+            "placement": self.placement,
+        }
         dataclasses.replace(self.predictors, report=report).save(out)
         return out
 
@@ -54,8 +65,14 @@ def sparsify(
     pc: PredictorConfig | None = None,
     cluster_size: int = 16,
     hot_min_frequency: float = 0.3,
+    placement: Placement = "frequency",
 ) -> Sparsified:
-    """Profiles ``model`` on ``tokens``, reorders it hot-first, plans and trains predictors."""
+    """Profiles ``model`` on ``tokens``, reorders it hot-first, plans and trains predictors.
+
+    ``placement="coactivation"`` then regroups each layer's cold neurons so that neurons that
+    fired together on ``tokens`` share clusters (:mod:`pi2lab.predict.placement`)."""
+    if placement not in ("frequency", "coactivation"):
+        raise ConfigError(f"placement={placement!r}: expected 'frequency' or 'coactivation'")
     pc = pc or PredictorConfig()
     inputs, masks = collect(model, np.asarray(tokens, np.int32))
     counts = np.stack([m.sum(0) for m in masks])  # [L, F] or [L, E, F]
@@ -69,19 +86,39 @@ def sparsify(
     plan = SparsePlan.from_frequency(
         frequency, cluster_size=cluster_size, hot_min_frequency=hot_min_frequency
     )
+    if placement == "coactivation":
+        co = coactivation_orders(masks, plan)
+        masks = [np.take_along_axis(m, c[None], axis=-1) for m, c in zip(masks, co, strict=True)]
+        frequency = np.take_along_axis(frequency, co, axis=-1)
+        perm = np.take_along_axis(perm, co, axis=-1)
     reordered = dataclasses.replace(model, params=permute_params(model.params, perm))
     predictors = fit_predictors(model.config, inputs, masks, pc)
-    return Sparsified(model=reordered, predictors=predictors, plan=plan, frequency=frequency)
+    return Sparsified(
+        model=reordered,
+        predictors=predictors,
+        plan=plan,
+        frequency=frequency,
+        placement=placement,
+    )
 
 
-def load_sparse(path_or_name, *, threshold: float = 0.0):
-    """A model saved by :meth:`Sparsified.save` and its :class:`SparseDecoder`."""
+def load_sparse(path_or_name, *, threshold: float = 0.0, cluster_size: int | None = None):
+    """A model saved by :meth:`Sparsified.save`, its FFN in the sparse layout, and its
+    :class:`SparseDecoder`. ``cluster_size`` replaces the saved plan's (the predictors are
+    per neuron, so any size works; 1 computes exactly the predicted neurons)."""
     path = resolve(path_or_name)
     model = load_pretrained(path)
     predictors = Predictors.load(path, model.config)
     plan = SparsePlan.from_json(predictors.report["plan"])
     plan.check(model.config)
-    return model, SparseDecoder(plan=plan, predictors=predictors.layers, threshold=threshold)
+    if cluster_size is not None:
+        if cluster_size < 1:
+            raise ConfigError(f"cluster_size={cluster_size}: expected a positive integer")
+        plan = plan.with_cluster_size(cluster_size, model.config.intermediate_size)
+    decoder = SparseDecoder(plan=plan, predictors=predictors.layers, threshold=threshold)
+    # the FFN in the sparse layout once, replacing the whole matrices (dense reads it too)
+    model = dataclasses.replace(model, params=decoder.layout(model.params))
+    return model, decoder
 
 
 def report_table(predictors: Predictors, plan: SparsePlan) -> str:

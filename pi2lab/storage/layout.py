@@ -41,6 +41,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import ConfigError, StorageError
 from pi2lab.fileio import make_readable
+from pi2lab.model.params import merge_ffn
 
 FORMAT = "pi2lab-flash-1"
 HEADER = "flash.json"
@@ -284,6 +285,7 @@ def convert(
     """
     if dtype not in BITS:
         raise ConfigError(f"storage dtype {dtype!r}: expected one of {sorted(BITS)}")
+    params = merge_ffn(params)
     f, d = cfg.intermediate_size, cfg.hidden_size
     c = cluster_size or default_cluster_size(f, d, dtype)
     if c <= 0 or f % c:

@@ -115,3 +115,38 @@ def threshold_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray]) -> g
         height=360,
     )
     return fig
+
+
+PLACEMENTS = {"frequency": "frequency_order", "coactivation": "coactivation_order"}
+
+
+def cluster_tradeoff(sweeps: list[list[dict]]) -> go.Figure:
+    """Cluster size against the share of cold clusters active per token and the share of
+    computed cold neurons that fire, mean over layers, for both placements. ``sweeps``: one
+    :func:`pi2lab.bench.sparse.cluster_sweep` result per layer (same sizes)."""
+    sizes = [r["cluster_size"] for r in sweeps[0]]
+    fig = go.Figure()
+    for placement, key in PLACEMENTS.items():
+        for metric, name, dash in (
+            ("clusters_active_share", "clusters active", "solid"),
+            ("firing_share_of_computed", "computed neurons that fire", "dot"),
+        ):
+            y = np.mean([[r[key][metric] for r in layer] for layer in sweeps], axis=0)
+            fig.add_trace(
+                go.Scatter(
+                    x=sizes,
+                    y=y,
+                    mode="lines+markers",
+                    name=f"{name} ({placement} order)",
+                    line_dash=dash,
+                )
+            )
+    fig.update_layout(
+        title="Bigger clusters: fewer, larger reads, more neurons computed for nothing",
+        xaxis=dict(title="cluster size (neurons)", type="log", tickvals=sizes),
+        yaxis=dict(title="share (mean over layers)", tickformat=".0%", range=[0, 1.05]),
+        template="plotly_white",
+        height=380,
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig

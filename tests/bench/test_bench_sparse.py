@@ -2,34 +2,28 @@
 
 import numpy as np
 
-from pi2lab.bench.sparse import bench_synthetic, sample_cluster_masks, zipf_frequency
-from pi2lab.kernels.sparse_ffn import ClusterPlan
+from pi2lab.bench.sparse import bench_synthetic, synthetic_masks
 
 
-def test_zipf_profile_has_the_requested_density():
-    freq = zipf_frequency(14336, density=0.1, skew=1.0)
-    assert abs(freq.mean() - 0.1) < 1e-3
-    assert (np.diff(freq) <= 0).all() and freq[0] == 1.0 and freq[-1] > 0
-
-
-def test_cluster_masks_follow_the_profile():
-    freq = zipf_frequency(512, density=0.1)
-    plan = ClusterPlan(hot=64, cluster_size=8, capacity=56)
-    masks = sample_cluster_masks(np.random.default_rng(0), freq, plan, 2000)
-    cold = freq[64:].reshape(56, 8)
-    expected = 1 - np.prod(1 - cold, axis=1)
-    np.testing.assert_allclose(masks.mean(0), expected, atol=0.05)
+def test_synthetic_masks_have_the_requested_density():
+    for kind in ("coactivated", "independent"):
+        masks = synthetic_masks(kind, 1024, 0.1, 500)
+        assert masks.shape == (500, 1024) and abs(masks.mean() - 0.1) < 0.02
 
 
 def test_synthetic_bench_reports_every_figure():
-    row = bench_synthetic(4, 1, layers=1, hidden=256, ffn=1024, predictor_rank=16)
+    row = bench_synthetic(
+        4, 1, layers=1, hidden=256, ffn=1024, cluster_size=16, fit_tokens=256, sweep=(4, 16)
+    )
     for key in (
         "dense_tokens_per_s",
         "sparse_tokens_per_s",
+        "sparse_jax_loop_tokens_per_s",
         "speedup",
         "bytes_bound_speedup",
         "fraction_of_bound",
         "breakdown",
+        "formulations",
         "predictor_ms_separate",
     ):
         assert key in row
@@ -43,3 +37,16 @@ def test_synthetic_bench_reports_every_figure():
         "other_ms",
         "step_ms",
     }
+    sizes = [r["cluster_size"] for r in row["cluster_sweep"]]
+    assert sizes == [4, 16]
+    for r in row["cluster_sweep"]:
+        co, freq = r["coactivation_order"], r["frequency_order"]
+        assert 0 < co["clusters_active_share"] <= 1 and 0 < freq["clusters_active_share"] <= 1
+        assert r["ffn_loop_ms"] > 0
+    # bigger clusters: fewer of them active, more wasted neurons
+    small, big = row["cluster_sweep"]
+    assert (
+        big["coactivation_order"]["firing_share_of_computed"]
+        < (small["coactivation_order"]["firing_share_of_computed"])
+    )
+    np.testing.assert_array_less(0, row["formulations"]["neurons_computed"])

@@ -102,11 +102,11 @@ def test_logits_match_in_memory_sparse_decode(flash):
         from pi2lab.engine.prefill import pad, prefill
 
         _, cache = prefill(model.params, model.config, pad(PROMPT, 16), jnp.int32(6), cache)
-        ref_tok = jnp.int32(tok)
+        ref_tok, params = jnp.int32(tok), sparse.layout(model.params)
         for pos in range(6, 14):
             tok, logits = eng.step(tok, pos, key, knobs)
             ref_tok, ref_logits, cache = sparse.step(
-                model.params, model.config, cache, ref_tok, jnp.int32(pos), key, knobs
+                params, model.config, cache, ref_tok, jnp.int32(pos), key, knobs
             )
             np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
 

@@ -31,19 +31,16 @@ def make_model(name):
 def decode_logits(model, tokens, sparse=None):
     """Logits of each decode step after a 3-token prefill (teacher-forced)."""
     cfg = model.config
+    params = model.params if sparse is None else sparse.layout(model.params)
     cache = pl.KVCache.zeros(cfg, 64)
-    _, cache = prefill(model.params, cfg, pad(tokens[:3], 16), jnp.int32(3), cache)
+    _, cache = prefill(params, cfg, pad(tokens[:3], 16), jnp.int32(3), cache)
     knobs, key, out = pl.SamplingKnobs.make(), jax.random.key(0), []
     for pos in range(3, tokens.size):
         tok = jnp.int32(tokens[pos])
         if sparse is None:
-            _, logits, cache = decode_step(
-                model.params, cfg, cache, tok, jnp.int32(pos), key, knobs
-            )
+            _, logits, cache = decode_step(params, cfg, cache, tok, jnp.int32(pos), key, knobs)
         else:
-            _, logits, cache = sparse.step(
-                model.params, cfg, cache, tok, jnp.int32(pos), key, knobs
-            )
+            _, logits, cache = sparse.step(params, cfg, cache, tok, jnp.int32(pos), key, knobs)
         out.append(np.asarray(logits))
     return np.stack(out)
 
@@ -72,7 +69,7 @@ def test_oracle_counts_only_firing_clusters(rng):
     plan = SparsePlan.uniform(cfg, hot=0, cluster_size=4)
     cache = pl.KVCache.zeros(cfg, 32)
     _, _, _, counts = sparse_decode_step(
-        model.params,
+        plan.layout(model.params),
         None,
         jnp.float32(0.0),
         cfg,
@@ -121,6 +118,40 @@ def test_threshold_is_traced(rng):
     assert TRACE_COUNTS["sparse_decode_step"] == before
     # threshold -inf keeps every neuron: exactly dense
     assert outs[-1e9] == model.generate(prompt, max_new_tokens=6, stop_at_eos=False).tokens.tolist()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_native_and_loop_decode_alike(name, rng):
+    model = make_model(name)
+    tokens = rng.integers(0, 97, 12).astype(np.int32)
+    plan = SparsePlan.uniform(model.config, hot=8, cluster_size=8, capacity=5)
+    loop = decode_logits(model, tokens, SparseDecoder(plan=plan, impl="loop"))
+    auto = decode_logits(model, tokens, SparseDecoder(plan=plan))
+    np.testing.assert_allclose(auto, loop, atol=1e-4)
+
+
+def test_step_refuses_params_not_in_the_sparse_layout():
+    model = make_model("relu")
+    sparse = SparseDecoder.oracle(model.config)
+    with pytest.raises(pl.ConfigError, match="layout"):
+        sparse.step(
+            model.params,
+            model.config,
+            pl.KVCache.zeros(model.config, 16),
+            jnp.int32(1),
+            jnp.int32(0),
+            jax.random.key(0),
+            pl.SamplingKnobs.make(),
+        )
+
+
+def test_memory_report_holds_one_copy_of_the_ffn():
+    model = make_model("drelu")
+    sparse = SparseDecoder(plan=SparsePlan.uniform(model.config, hot=16, cluster_size=8))
+    mem = sparse.memory(sparse.layout(model.params))
+    ffn = sum(model.params["layers"][0][k].nbytes for k in ("gate", "up", "down")) * 3
+    assert mem["dense_ffn_bytes"] == 0 and mem["hot_bytes"] + mem["cold_bytes"] == ffn
+    assert "hot [16, 16, 16]" in repr(sparse)
 
 
 def test_plan_must_tile_the_layer():

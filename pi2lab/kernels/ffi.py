@@ -1,0 +1,40 @@
+"""pi2lab's native CPU kernels, registered with XLA through the FFI when they were built.
+
+The package's build compiles ``pi2lab/kernels/native/*.cc`` into ``pi2lab.kernels._native``
+with the system compiler (``setup.py``). Where it was not built (no compiler), or on another
+backend than the CPU, the kernels' pure-JAX formulations compute the same results; ``pi2lab
+info --kernels`` says which runs and why.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+
+@functools.cache
+def _load() -> tuple[object | None, str]:
+    try:
+        from pi2lab.kernels import _native
+    except ImportError as e:
+        return None, f"not built ({e}); reinstall with a C++ compiler: pip install -e ."
+    for name, capsule in _native.handlers().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return _native, "built"
+
+
+def native_available() -> bool:
+    """Whether the native kernels were built and registered (for the CPU backend)."""
+    return _load()[0] is not None
+
+
+def kernel_status() -> dict:
+    """Which sparse-FFN path runs here and why: ``{"path", "reason", ...}``."""
+    native, why = _load()
+    if native is None:
+        return {"path": "jax", "reason": why}
+    backend = jax.default_backend()
+    if backend != "cpu":
+        return {"path": "jax", "reason": f"native kernels are CPU-only; backend is {backend}"}
+    return {"path": "native", "reason": "built and registered", **native.describe()}
