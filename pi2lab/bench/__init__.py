@@ -84,11 +84,28 @@ def format_table(result: dict) -> str:
             )
         elif isinstance(row, dict) and "summary" in row:
             lines.append(f"  {name}: {row['summary']}")
+            lines += _sweep_lines(row.get("cluster_sweep", []))
         elif isinstance(row, dict) and "engines" in row:
             lines += _offload_lines(name, row)
         elif isinstance(row, dict) and "plans" in row:
             lines += _planner_lines(name, row)
     return "\n".join(lines)
+
+
+def _sweep_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for r in rows:
+        freq, co = r["frequency_order"], r["coactivation_order"]
+        times = ", ".join(
+            f"{k[4:-3]} {r[k]} ms" for k in ("ffn_native_ms", "ffn_loop_ms") if k in r
+        )
+        lines.append(
+            f"    {r['cluster_size']:>4}-neuron clusters: active "
+            f"{freq['clusters_active_share']:.1%} (frequency order) / "
+            f"{co['clusters_active_share']:.1%} (co-activation order), "
+            f"firing share of computed {co['firing_share_of_computed']:.1%}; FFN {times}"
+        )
+    return lines
 
 
 def _offload_lines(name: str, row: dict) -> list[str]:

@@ -499,4 +499,9 @@ def _summarise(row: dict) -> dict:
         f"{row['cold_clusters_computed']:.1%}; breakdown ms "
         f"{ {k[:-3]: v for k, v in row['breakdown'].items()} }"
     )
+    if "perplexity_increase" in row:
+        row["summary"] += (
+            f"; held-out perplexity {row['perplexity_increase']:+.2%}, greedy agreement "
+            f"{row['greedy_agreement']:.1%}"
+        )
     return row
