@@ -16,8 +16,14 @@ $(VENV)/.base: pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# llama.cpp for `pi2lab bench peer`, built from source by pip: portable x86 flags (AVX-512 only
+# where this CPU has it; AMX off, which VMs may not let a process use)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+	$(if $(shell grep -m1 -o avx512f /proc/cpuinfo 2>/dev/null),-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON)
+
 $(VENV)/.dev: pyproject.toml $(NATIVE) | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev,notebook,reference]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e ".[dev,notebook,reference,peer]"
 	touch $@ $(VENV)/.base
 
 demo: $(VENV)/.base

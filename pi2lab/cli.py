@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
-    p.add_argument("what", choices=["dense", "sparse", "offload", "planner"])
+    p.add_argument("what", choices=["dense", "sparse", "offload", "planner", "peer"])
     p.add_argument("--profile", default=None, help="planner: hardware profile (default: measure)")
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")

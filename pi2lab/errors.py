@@ -33,3 +33,7 @@ class StorageError(Pi2labError):
 
 class BudgetError(Pi2labError):
     """A memory budget cannot hold what must stay resident; the message gives the minimum."""
+
+
+class MissingExtraError(Pi2labError):
+    """An optional dependency group is not installed; the message says how to install it."""

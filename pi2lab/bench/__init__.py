@@ -58,10 +58,11 @@ def decode_rate(step, params: dict, cfg: ModelConfig, steps: int, prompt_len: in
 
 
 def run(what: str, **kwargs) -> dict:
-    from pi2lab.bench import dense, offload, planner, sparse
+    from pi2lab.bench import dense, offload, peer, planner, sparse
 
     benches = {
         "dense": dense.bench_dense,
+        "peer": peer.bench_peer,
         "sparse": sparse.bench_sparse,
         "offload": offload.bench_offload,
         "planner": planner.bench_planner,
@@ -85,11 +86,24 @@ def format_table(result: dict) -> str:
         elif isinstance(row, dict) and "summary" in row:
             lines.append(f"  {name}: {row['summary']}")
             lines += _sweep_lines(row.get("cluster_sweep", []))
+        elif isinstance(row, dict) and "engines" in row and "note" in row:
+            lines += _peer_lines(name, row)
         elif isinstance(row, dict) and "engines" in row:
             lines += _offload_lines(name, row)
         elif isinstance(row, dict) and "plans" in row:
             lines += _planner_lines(name, row)
     return "\n".join(lines)
+
+
+def _peer_lines(name: str, row: dict) -> list[str]:
+    lines = [f"  {name}: {row['shape']} ({row['note']})"]
+    for engine, r in row["engines"].items():
+        lines.append(
+            f"    {engine:<26} {r['tokens_per_s']:>8.2f} tokens/s  {r['weight_mb_per_token']:>8.1f}"
+            f" MB/token  {r['implied_gb_per_s']:>5.1f} GB/s  (runs: {r['runs']})"
+        )
+    lines += [f"    {k}: {v}x" for k, v in row["ratios"].items()]
+    return lines
 
 
 def _sweep_lines(rows: list[dict]) -> list[str]:

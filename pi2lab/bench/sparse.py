@@ -18,6 +18,8 @@ activation is zero, so it can beat that bound.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 
 import jax
@@ -64,16 +66,35 @@ def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336, **overri
     )
 
 
+@functools.cache
+def fitted_activation_model(layer: int = 3) -> CoactivationModel:
+    """The co-activation structure fitted to the bundled model's recorded trace (one layer's
+    cold neurons, 16-neuron clusters), for 7B-shaped masks."""
+    from pi2lab.model.pretrained import data_dir
+    from pi2lab.predict.profile import ActivationTrace
+
+    trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
+    masks = trace.active(layer)
+    masks = masks[:, np.argsort(-masks.mean(0), kind="stable")]
+    return CoactivationModel.fit(masks[:, masks.shape[1] % 16 :])[0]
+
+
 def synthetic_masks(kind: str, neurons: int, density: float, tokens: int, seed: int = 0):
     """``[T, F]`` hot-first neuron masks: ``coactivated`` (latent groups of 64 neurons,
-    coherence 0.7, 10% independent firing) or ``independent`` (Zipf, skew 1)."""
+    coherence 0.7, 10% independent firing), ``fitted`` (the structure fitted to the bundled
+    model's trace, :func:`fitted_activation_model`) or ``independent`` (Zipf, skew 1)."""
     rng = np.random.default_rng(seed)
     if kind == "coactivated":
         model = CoactivationModel(neurons=neurons, density=density, group_size=64, seed=seed)
         return model.sample(rng, tokens)
+    if kind == "fitted":
+        model = dataclasses.replace(
+            fitted_activation_model(), neurons=neurons, density=density, seed=seed
+        )
+        return model.sample(rng, tokens)
     if kind == "independent":
         return independent_masks(rng, zipf_frequency(neurons, density=density), tokens)
-    raise ValueError(f"masks={kind!r}: expected 'coactivated' or 'independent'")
+    raise ValueError(f"masks={kind!r}: expected 'coactivated', 'fitted' or 'independent'")
 
 
 def _bytes(
@@ -347,6 +368,7 @@ def bench_bundled(
     single = dataclasses.replace(model, params=neuron_plan.layout(model.params))
     held_out = corpus_tokens(model, "held_out", max(steps + 1, seqs * 128))
     sequences = [held_out[i * 128 : (i + 1) * 128] for i in range(seqs)]
+    true_masks = profile(model, held_out)  # what actually fires on the held-out tokens
     pred_params = sum(a.size for a in jax.tree.leaves(sparse.predictors))
     out = {"model": model.path.name, "threshold": threshold, "placement_fit_tokens": fit_tokens}
     rows = (
@@ -373,6 +395,15 @@ def bench_bundled(
             pred_params,
         )
         fid = fidelity(m, dec, sequences, [threshold])[0]
+        identity = np.tile(np.arange(cfg.intermediate_size), (cfg.num_layers, 1))
+        order = co if name == "coactivation" else identity
+        per_layer = [  # the same clusters on what actually fires (no predictor)
+            cluster_stats(true_masks.active(i)[:, order[i]], lp.hot, lp.cluster_size)
+            for i, lp in enumerate(dec.plan.layers)
+        ]
+        row["true_masks"] = {
+            k: round(float(np.mean([r[k] for r in per_layer])), 4) for k in per_layer[0]
+        }
         row["perplexity_increase"] = round(fid["perplexity_increase"], 5)
         row["greedy_agreement"] = round(fid["greedy_agreement"], 4)
         out[name] = row
@@ -479,6 +510,7 @@ def bench_sparse(
         "synthetic_7b_c16_coactivation": dict(cluster_size=16),
         "synthetic_7b_c16_frequency": dict(cluster_size=16, placement="frequency"),
         "synthetic_7b_c16_independent": dict(cluster_size=16, masks="independent"),
+        "synthetic_7b_c16_fitted": dict(cluster_size=16, masks="fitted"),
     }
     for name, kw in runs.items():
         out[name] = _summarise(bench_synthetic(syn_steps, repeats, layers=syn_layers, **kw))

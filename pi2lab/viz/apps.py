@@ -78,7 +78,9 @@ class ClusterExplorer:
             description="cluster size",
             continuous_update=False,
         )
-        self.placement = widgets.ToggleButtons(options=list(PLACEMENTS), description="placement")
+        self.placement = widgets.ToggleButtons(
+            options=list(PLACEMENTS), value="coactivation", description="placement"
+        )
         self.timings = [k for k in ("ffn_native_ms", "ffn_loop_ms") if k in sweeps[0][0]]
         fig = make_subplots(
             rows=1,

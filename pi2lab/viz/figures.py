@@ -137,7 +137,7 @@ def cluster_tradeoff(sweeps: list[list[dict]]) -> go.Figure:
                     x=sizes,
                     y=y,
                     mode="lines+markers",
-                    name=f"{name} ({placement} order)",
+                    name=f"{name} ({placement.replace('coact', 'co-act')} order)",
                     line_dash=dash,
                 )
             )
