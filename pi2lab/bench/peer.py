@@ -15,6 +15,7 @@ and gguf); without it the bench raises :class:`~pi2lab.errors.MissingExtraError`
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -46,6 +47,7 @@ def llama_cpp_module():
             f"the peer extra is not installed ({e}); install it with: pip install -e '.[peer]' "
             "(builds llama.cpp from source, a few minutes)"
         ) from None
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # the quantizer's per-tensor log
     return llama_cpp
 
 
@@ -213,9 +215,9 @@ def bench_peer(*, quick: bool = False, steps: int | None = None, layers: int | N
     steps = steps or (8 if quick else 32)
     repeats = 2 if quick else 3
     layers = layers or (1 if quick else 4)
-    from pi2lab.model.pretrained import load_config
+    from pi2lab.model.pretrained import load_config, resolve
 
-    bundled = load_config("builtin")
+    bundled = load_config(resolve("builtin"))
     models = {
         "llama-7b-shape": synthetic_config(
             layers, 4096, 11008, architecture="llama", ffn_activation="silu"
