@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from pi2lab.errors import Pi2labError
+from pi2lab.budget import MemoryBudget
+from pi2lab.errors import ConfigError, Pi2labError
 
 
 def _cmd_train(args) -> int:
@@ -60,15 +61,12 @@ def _load_for_engine(name: str, engine: str, threshold: float, cluster_size: int
     return model, SparseDecoder.oracle(model.config)
 
 
-def memory_budget(text: str) -> int | float:
-    """``0.5`` (share of the FFN bytes), ``123456`` (bytes), or ``2GB`` / ``512MiB``."""
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    t = text.strip().upper()
-    for suffix, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if t.endswith(suffix):
-            return int(float(t[: -len(suffix)]) * scale)
-    value = float(t)
-    return value if value <= 1 and "." in t else int(value)
+def memory_budget(text: str) -> MemoryBudget:
+    """``0.5`` or ``50%`` (share of the FFN bytes), or bytes with a unit: ``2GB``, ``512MiB``."""
+    try:
+        return MemoryBudget.parse(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _cmd_generate(args) -> int:
@@ -267,8 +265,6 @@ def _cmd_plan(args) -> int:
     masks, resident_s = record_requests(layout, default_prompts(layout), args.tokens)
     stats = calibrate(layout_stats(layout, masks), profile, resident_s, PlanChoice())
     budget = args.memory_budget
-    if isinstance(budget, float):  # a share of the FFN bytes, on top of what stays resident
-        budget = stats.fixed_bytes + stats.staging_bytes + int(budget * layout.ffn_bytes)
     chosen = plan(
         stats,
         profile,

@@ -1,9 +1,11 @@
-"""Atomic file writes: a temporary file beside the target, renamed into place on success."""
+"""Atomic writes: a temporary file or directory beside the target, renamed into place on
+success and removed on failure."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,3 +34,26 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+    """Yields a temporary directory beside ``path``; when the block succeeds it replaces
+    ``path`` (with ``merge``, an existing ``path`` keeps its other files and gets the new ones
+    one by one), when it fails it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        for p in [tmp, *tmp.rglob("*")]:
+            make_readable(p, directory=p.is_dir())
+        if merge and path.exists():
+            for file in tmp.iterdir():
+                os.replace(file, path / file.name)
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

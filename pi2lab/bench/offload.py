@@ -37,7 +37,8 @@ from pi2lab.engine.state import KVCache
 from pi2lab.errors import StorageError
 from pi2lab.model.pretrained import data_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
-from pi2lab.policies import LFU, LRU, Belady, Segmented, StaticHot, Window
+from pi2lab.policies import Belady
+from pi2lab.policies.registry import make_policy
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
 from pi2lab.storage.layout import FFN_KEYS, convert, convert_pretrained, open_layout
@@ -48,7 +49,7 @@ ENGINE_RUNS = {  # name -> settings
     "dense-stream": OffloadConfig(engine="dense-stream", memory_budget=0.5),
     "powerinfer2@60%": OffloadConfig(engine="powerinfer2", memory_budget=0.6),
     # every unit resident from the start: the same compute path, no reads
-    "in-memory (offload path, 100%)": OffloadConfig(memory_budget=1.0, policy=StaticHot()),
+    "in-memory (offload path, 100%)": OffloadConfig(memory_budget=1.0, policy="static-hot"),
 }
 SYNTHETIC_EXTRA = {  # one neuron per unit: gate-first applies
     "powerinfer2, 2 I/O threads": OffloadConfig(pipeline=PipelineConfig(io_threads=2)),
@@ -164,14 +165,12 @@ def _summary(row: dict) -> dict:
     }
 
 
-def policy_hit_rates(unit_masks: list[np.ndarray], capacity: int, hot_units: int) -> dict:
-    """Hit rate per policy replayed on per-layer unit masks ``[T, U]`` at ``capacity`` units."""
+def policy_hit_rates(unit_masks: list[np.ndarray], capacity: int) -> dict:
+    """Hit rate per policy replayed on per-layer unit masks ``[T, U]`` at ``capacity`` units
+    (policies by registry name, built as the engine builds them)."""
     policies = {
-        "LRU": LRU(),
-        "LFU": LFU(),
-        "window(5)": Window(k=5),
-        "static-hot": StaticHot(),
-        "segmented": Segmented(hot_units=hot_units, hot_fraction=0.5),
+        name: make_policy(name, units=unit_masks[0].shape[1], capacity=capacity)
+        for name in ("lru", "lfu", "window-5", "static-hot", "segmented")
     }
     out = {}
     for name, policy in policies.items():
@@ -245,7 +244,7 @@ def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
         "unit_kb": layout.stride / 1024,
         "ffn_mb": layout.ffn_bytes / 1e6,
         "engines": engines,
-        "policies_at_50%": policy_hit_rates(masks, layout.units // 2, layout.units // 4),
+        "policies_at_50%": policy_hit_rates(masks, layout.units // 2),
         "policy_note": "hit rates replayed on 2048 tokens of the recorded held-out trace "
         "(every neuron's true activation, unit = any of its neurons fires)",
     }
@@ -280,7 +279,7 @@ def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dic
         "density": 0.1,
         "layout_setup_s": round(setup_s, 1),
         "engines": engines,
-        "policies_at_50%": policy_hit_rates(unit_masks, layout.units // 2, layout.units // 4),
+        "policies_at_50%": policy_hit_rates(unit_masks, layout.units // 2),
         "storage_curve": [
             {
                 "block_kb": p.block / 1024,

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi2lab.budget import MemoryBudget
 from pi2lab.engine.decode import decode_step, sample_first
 from pi2lab.engine.prefill import bucket, check_tokens, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
@@ -68,7 +69,7 @@ def generate(
     stop_at_eos: bool = True,
     engine: Literal["dense", "sparse", "powerinfer2", "llmflash", "dense-stream"] = "dense",
     sparse: SparseDecoder | None = None,
-    memory_budget: int | float = 0.5,
+    memory_budget: MemoryBudget | str | float = 0.5,
 ) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 

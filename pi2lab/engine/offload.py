@@ -15,8 +15,8 @@ decides the units, runs the cache and reads, and computes the FFN in NumPy while
 (:mod:`pi2lab.pipeline.scheduler`). Prefill is dense: each layer's FFN is streamed through the
 staging rows (resident units in place), so a long prompt does not need the whole layer in memory.
 
-Memory budget: an int is total bytes (resident tensors + KV cache + staging rows + neuron cache);
-a float in (0, 1] is the neuron cache as a fraction of the FFN bytes, on top of the rest.
+Memory budget: a :class:`~pi2lab.budget.MemoryBudget`, total bytes (resident tensors + KV cache
++ staging rows + neuron cache) or the neuron cache's share of the FFN bytes on top of the rest.
 """
 
 from __future__ import annotations
@@ -32,25 +32,33 @@ import numpy as np
 import threadpoolctl
 import tokenizers
 
+from pi2lab.budget import MemoryBudget
 from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.engine.prefill import bucket, check_tokens
 from pi2lab.engine.sampling import SamplingKnobs, sample
 from pi2lab.engine.sparse import SparsePlan
-from pi2lab.errors import BudgetError, ConfigError
+from pi2lab.errors import ConfigError
 from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
 from pi2lab.model import layers
 from pi2lab.model.pretrained import Model
 from pi2lab.model.transformer import attention_block
-from pi2lab.pipeline.scheduler import Buffers, FfnStore, PipelineConfig, Scheduler
+from pi2lab.pipeline.scheduler import (
+    Buffers,
+    FfnStore,
+    PipelineConfig,
+    Scheduler,
+    staging_rows,
+)
 from pi2lab.pipeline.timeline import Timeline
-from pi2lab.policies import LRU, Policy, Segmented, StaticHot, Window
+from pi2lab.policies import Policy
+from pi2lab.policies.registry import make_policy, parse_policy
 from pi2lab.predict.predictor import scores
 from pi2lab.storage.io import IOEngine, ReadRequest
 from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
 
 EngineKind = Literal["powerinfer2", "llmflash", "dense-stream"]
 ENGINES: tuple[str, ...] = ("powerinfer2", "llmflash", "dense-stream")
-STREAM_BYTES = 4 << 20  # staging for streamed (dense) FFN parts
+ENGINE_POLICY = {"powerinfer2": "segmented", "llmflash": "window-5", "dense-stream": "static-hot"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,9 +67,12 @@ class OffloadConfig:
 
     Attributes:
       engine: Which engine (see the module docstring).
-      memory_budget: Total bytes (int), or the neuron cache's share of the FFN bytes (float).
+      memory_budget: A :class:`~pi2lab.budget.MemoryBudget`, or what
+        :meth:`MemoryBudget.of <pi2lab.budget.MemoryBudget.of>` reads (``"2GB"``, ``"50%"``,
+        a float share).
       pipeline: Overlap mode, depth, I/O threads, gate-first; default per engine.
-      policy: Cache policy; default per engine (Segmented, Window(5), StaticHot).
+      policy: Cache policy, or its name (:mod:`pi2lab.policies.registry`); default per engine
+        (:data:`ENGINE_POLICY`).
       hot_fraction: Segmented: share of each layer's cache in the hot segment.
       hot_region: Segmented: the hot region (units managed as hot clusters) over the hot
         segment's size. 1 (default): the segment holds exactly the profile's hottest clusters,
@@ -74,9 +85,9 @@ class OffloadConfig:
     """
 
     engine: EngineKind = "powerinfer2"
-    memory_budget: int | float = 0.5
+    memory_budget: MemoryBudget | str | float = 0.5
     pipeline: PipelineConfig | None = None
-    policy: Policy | None = None
+    policy: Policy | str | None = None
     hot_fraction: float = 0.5
     hot_region: float = 1.0
     threshold: float = 0.0
@@ -87,10 +98,9 @@ class OffloadConfig:
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
-        if isinstance(self.memory_budget, float) and not 0 <= self.memory_budget <= 1:
-            raise ConfigError(
-                f"memory budget {self.memory_budget}: a float is the FFN share, expected 0..1"
-            )
+        if isinstance(self.policy, str):
+            parse_policy(self.policy)
+        object.__setattr__(self, "memory_budget", MemoryBudget.of(self.memory_budget))
 
     def pipeline_config(self) -> PipelineConfig:
         if self.pipeline is not None:
@@ -99,14 +109,23 @@ class OffloadConfig:
         return PipelineConfig(mode=mode[self.engine])
 
     def policy_for(self, units: int, capacity: int) -> Policy:
-        if self.policy is not None:
+        """The cache policy of an FFN of ``units`` units with ``capacity`` slots."""
+        if isinstance(self.policy, Policy):
             return self.policy
-        if self.engine == "llmflash":
-            return Window(k=5)
-        if self.engine == "dense-stream":
-            return StaticHot()
-        hot = min(units, int(self.hot_region * self.hot_fraction * capacity))
-        return Segmented(hot_units=hot, hot_fraction=self.hot_fraction) if hot else LRU()
+        return make_policy(
+            self.policy or ENGINE_POLICY[self.engine],
+            units=units,
+            capacity=capacity,
+            hot_fraction=self.hot_fraction,
+            hot_region=self.hot_region,
+        )
+
+
+def fixed_bytes(cfg, tensors: dict, kv_capacity: int) -> int:
+    """What the engine holds whatever the budget: the layout's resident tensors and a float32
+    KV cache of ``kv_capacity`` positions."""
+    kv = 2 * cfg.num_layers * kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
+    return sum(a.nbytes for a in tensors.values()) + kv
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"), donate_argnames=("k", "v"))
@@ -212,9 +231,8 @@ class OffloadEngine:
                 "replayed cluster masks"
             )
         self.pipeline = config.pipeline_config()
-        kv_bytes = 2 * cfg.num_layers * config.kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
-        fixed = sum(a.nbytes for a in tensors.values()) + kv_bytes
-        stage_rows = max(self.pipeline.depth, -(-STREAM_BYTES // layout.stride))
+        fixed = fixed_bytes(cfg, tensors, config.kv_capacity)
+        stage_rows = staging_rows(self.pipeline, layout.stride)
         staging_bytes = stage_rows * layout.stride
         n_ffn = len(layout.files)
         if config.layer_units is not None:
@@ -223,18 +241,23 @@ class OffloadEngine:
                 raise ConfigError(
                     f"layer_units {caps}: expected {n_ffn} capacities in 0..{layout.units} units"
                 )
-        elif isinstance(config.memory_budget, float):
-            caps = [int(config.memory_budget * layout.units)] * n_ffn
         else:
-            spare = max(config.memory_budget - fixed - staging_bytes, 0)
-            caps = [min(layout.units, spare // layout.stride // n_ffn)] * n_ffn
-        need = fixed + staging_bytes + sum(caps) * layout.stride
-        if isinstance(config.memory_budget, int) and need > config.memory_budget:
-            raise BudgetError(
-                f"memory budget {config.memory_budget} bytes is below the minimum "
-                f"{need} bytes (resident tensors and KV cache {fixed}, staging {staging_bytes}, "
-                f"neuron cache {sum(caps) * layout.stride})"
+            per_ffn = config.memory_budget.cache_units(
+                minimum=fixed + staging_bytes,
+                unit_bytes=layout.stride,
+                units=layout.units,
+                ffns=n_ffn,
+                parts={"resident tensors and KV cache": fixed, "staging": staging_bytes},
             )
+            caps = [per_ffn] * n_ffn
+        config.memory_budget.check(
+            fixed + staging_bytes + sum(caps) * layout.stride,
+            {
+                "resident tensors and KV cache": fixed,
+                "staging": staging_bytes,
+                "neuron cache": sum(caps) * layout.stride,
+            },
+        )
         self.io = IOEngine(
             [layout.file_path(i) for i in range(n_ffn)],
             threads=self.pipeline.io_threads,
@@ -337,8 +360,7 @@ class OffloadEngine:
                     self.staging.rows,
                     np.arange(part.size),
                     part,
-                    self.scheduler.kind,
-                    self.scheduler.thr,
+                    *self.scheduler.act,
                 )
         return out
 

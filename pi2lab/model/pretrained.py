@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import jax
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pi2lab.config import ModelConfig
 from pi2lab.errors import CheckpointError, ConfigError
-from pi2lab.fileio import make_readable
+from pi2lab.fileio import atomic_dir
 from pi2lab.model.params import assemble, leaf, merge_ffn, tensor_specs
 
 BUILTIN = "pydoc-drelu"
@@ -222,9 +220,9 @@ def save_pretrained(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     params = merge_ffn(model.params)  # the sparse layout is saved as whole matrices
-    try:
+    # an existing directory keeps its other files (predictors, logs); ours are replaced
+    with atomic_dir(path, merge=True) as tmp:
         tensors = {
             spec.hf_name: spec.to_hf(np.asarray(leaf(params, spec.path), np.float32)).astype(dtype)
             for spec in tensor_specs(model.config)
@@ -235,14 +233,4 @@ def save_pretrained(
             model.tokenizer.save(str(tmp / "tokenizer.json"))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        make_readable(tmp, directory=True)
-        for file in tmp.iterdir():
-            make_readable(file)
-        if path.exists():  # keep other files (predictors, logs); replace ours one by one
-            for file in tmp.iterdir():
-                os.replace(file, path / file.name)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import queue
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -106,13 +107,13 @@ def runs(slots: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Sorted slots -> runs ``(start, stop)`` of at least RUN consecutive slots, and the rest."""
     if slots.size == 0:
         return [], slots
-    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    bounds = [0, *(np.flatnonzero(np.diff(slots) != 1) + 1).tolist(), slots.size]
     long, rest = [], []
-    for part in np.split(slots, breaks):
-        if part.size >= RUN:
-            long.append((int(part[0]), int(part[-1]) + 1))
+    for a, b in itertools.pairwise(bounds):
+        if b - a >= RUN:
+            long.append((int(slots[a]), int(slots[b - 1]) + 1))
         else:
-            rest.append(part)
+            rest.append(slots[a:b])
     return long, np.concatenate(rest) if rest else slots[:0]
 
 
@@ -148,6 +149,16 @@ class FfnStore:
         return h @ down
 
 
+STREAM_BYTES = 4 << 20
+"""Staging for streamed (dense) FFN parts, at least."""
+
+
+def staging_rows(config: PipelineConfig, stride: int) -> int:
+    """Staging rows the engine holds: ``depth`` (bypassed units in flight) or
+    :data:`STREAM_BYTES` worth of rows, whichever is more."""
+    return max(config.depth, -(-STREAM_BYTES // stride))
+
+
 class Buffers:
     """The engine's aligned byte arrays, counted for the memory budget: ``rows`` are the
     staging rows (streamed and bypassed units); :meth:`allocate` makes cache slots."""
@@ -162,8 +173,222 @@ class Buffers:
         return aligned_empty(max(units, 1) * self.stride).reshape(max(units, 1), self.stride)
 
 
+Unit = tuple[int, int, int]
+"""A read's unit ``(unit, slot, phase)``: slot ``s >= 0`` a cache slot, ``-1`` a staging row
+still to be assigned, ``-2 - r`` staging row ``r``; phase 0 the whole unit, 1 its gate row, 2 its
+up and down rows (gate-first), 3-5 its gate, up and down rows from matrix-major regions (an
+unbundled layout; simulated only)."""
+
+
+def phase_spans(stride: int, gate_bytes: int, unit_bytes: int, units: int):
+    """Where each phase's bytes of unit ``u`` lie in an FFN's file: ``u * step[p] + base[p]``,
+    ``size[p]`` bytes (int64 arrays indexed by phase)."""
+    row = unit_bytes // 3
+    step = np.array([stride] * 3 + [row] * 3, np.int64)
+    base = np.array([0, 0, gate_bytes, 0, units * row, 2 * units * row], np.int64)
+    size = np.array([stride, gate_bytes, unit_bytes - gate_bytes, row, row, row], np.int64)
+    return step, base, size
+
+
+def resident_chunks(slots: np.ndarray, units: np.ndarray) -> list:
+    """``(rows, units)`` pieces in which resident ``units`` (in cache ``slots``) are computed:
+    long runs of consecutive slots in place (``rows`` a slice), the rest gathered (an index
+    array), each at most CHUNK units."""
+    order = np.argsort(slots)
+    slots, units = slots[order], units[order]
+    long, rest = runs(slots)
+    chunks = [
+        (slice(a, b), units[i : i + b - a])
+        for a, b in long
+        for i in [int(np.searchsorted(slots, a))]
+    ]
+    if rest.size:
+        chunks.append((rest, units[np.isin(slots, rest)]))
+    return list(_split(chunks, CHUNK))
+
+
+class Backend(Protocol):
+    """What the pipeline's ordering runs on: the engine's reads and NumPy compute
+    (:class:`FlashBackend`), or the simulator's virtual read servers and compute costs
+    (:class:`pi2lab.plan.virtual.VirtualFfn`)."""
+
+    pending: int
+    """Reads submitted and not yet taken."""
+
+    def submit(self, batch: list[Unit]) -> None:
+        """Issues reads for ``batch`` (coalesced as the I/O engine does), first unit first."""
+
+    def take(self, at_least: int) -> list[Unit]:
+        """The units of completed reads; waits (a ``wait`` span) until ``at_least`` are in or
+        no read is pending."""
+
+    def resident(self, rows, units: np.ndarray) -> None:
+        """Computes one chunk of resident ``units`` (cache rows ``rows``)."""
+
+    def arrived(self, gates: list[Unit], ready: list[Unit], count: int) -> np.ndarray:
+        """One ``compute`` span for ``count`` arrived units: decides whether each gate-first
+        gate row in ``gates`` fires (returned), computes the ``ready`` units."""
+
+
+def run_ffn(
+    backend: Backend,
+    cache: NeuronCache,
+    units: np.ndarray,
+    t: int,
+    config: PipelineConfig,
+    *,
+    staging_rows: int,
+    gate_first_from: int = 0,
+    pieces: tuple[int, ...] = (0,),
+):
+    """Runs one FFN's token: the cache access for ``units``, then reads and compute in the
+    order ``config`` sets (see the module docstring). Returns the cache's access.
+
+    The ordering rules, in one place for the engine and the simulator: misses are read
+    requested-first (admitted, then bypassed into staging rows, which must be free), then the
+    policy's read-ahead; ``depth`` units in flight in cluster mode, everything at once otherwise;
+    hits computed in chunks, cluster mode topping up reads between chunks; arrived units
+    computed ``batch`` at a time (cluster), after a barrier (matrix), or before the hits
+    (none); a gate-first unit's up and down rows are read next, ahead of the queue, only when
+    its gate fires, and a silent one leaves the cache.
+
+    Args:
+      pieces: The phases a miss is read in (``(0,)`` bundles; ``(3, 4, 5)`` unbundled rows).
+    """
+    acc = cache.access(units, t)
+    wanted = np.isin(acc.admit, units)  # the rest is read-ahead: loaded, not computed
+    split = gate_first_from if config.gate_first else None
+    todo = collections.deque(
+        (u, s, ph)
+        for u, s in [
+            *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
+            *((u, -1) for u in acc.bypass.tolist()),
+        ]
+        for ph in ((1,) if split is not None and u >= split else pieces)
+    )
+    todo.extend(
+        (u, s, ph)
+        for u, s in zip(acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True)
+        for ph in pieces
+    )
+    requested = set(units.tolist())
+    free_rows = list(range(staging_rows))
+    mode = config.mode
+    limit = config.depth if mode == "cluster" else len(todo)
+    inflight = 0  # units submitted, not yet consumed
+
+    def submit():
+        nonlocal inflight
+        batch = []
+        while todo and inflight + len(batch) < limit:
+            u, s, phase = todo[0]
+            if s == -1:
+                if not free_rows:
+                    break
+                s = -2 - free_rows.pop()
+            todo.popleft()
+            batch.append((u, s, phase))
+        if batch:
+            backend.submit(batch)
+        inflight += len(batch)
+
+    def consume(arrived: list[Unit]):
+        nonlocal inflight
+        inflight -= len(arrived)
+        gates = [a for a in arrived if a[2] == 1]
+        ready = [a for a in arrived if a[2] != 1 and (a[1] < -1 or a[0] in requested)]
+        finished = [s for _, s, phase in arrived if phase != 1]  # done with staging rows
+        fires = backend.arrived(gates, ready, len(arrived))
+        if gates:
+            todo.extendleft((u, s, 2) for (u, s, _), f in zip(gates, fires, strict=True) if f)
+            silent = [(u, s) for (u, s, _), f in zip(gates, fires, strict=True) if not f]
+            cache.discard(np.array([u for u, s in silent if s >= 0], np.int64))
+            finished += [s for _, s in silent]
+        free_rows.extend(-2 - s for s in finished if s < -1)
+
+    def step(at_least: int):
+        consume(backend.take(at_least))
+        submit()
+
+    def resident(between):
+        for rows, us in resident_chunks(acc.hit_slots, acc.hits):
+            backend.resident(rows, us)
+            if between is not None:
+                between()
+
+    submit()
+    if mode != "none":  # cluster: arrived reads are computed between chunks of hits
+        resident((lambda: step(0)) if mode == "cluster" else None)
+    while backend.pending:
+        step(min(config.batch, inflight) if mode == "cluster" else inflight)
+    if mode == "none":
+        resident(None)
+    return acc
+
+
+class FlashBackend:
+    """The engine's backend for one FFN and token: reads from the flash layout through the
+    :class:`~pi2lab.storage.io.IOEngine` into cache slots and staging rows, NumPy compute of
+    input ``x`` into :attr:`out`; ``log`` (a list) receives ``(file, offset, nbytes, units)`` per
+    read issued."""
+
+    def __init__(self, scheduler: Scheduler, store: FfnStore, layer: int, x, log=None):
+        self.s, self.store, self.layer, self.x, self.log = scheduler, store, layer, x, log
+        self.out = np.zeros(store.layout.config.hidden_size, np.float32)
+        self.pending = 0
+        self.done = queue.SimpleQueue()  # reads land here as they complete (I/O threads put)
+
+    def submit(self, batch):
+        store, step, base, size = self.store, *self.s.spans
+        requests = []
+        for u, s, phase in batch:
+            dest = store.slots[s] if s >= 0 else store.staging.rows[-2 - s]
+            a = int(base[phase])
+            b = a + int(size[phase])
+            off = u * int(step[phase]) + a
+            tag = (self.layer, u, s, phase)
+            requests.append(ReadRequest(store.index, off, b - a, dest[a:b], tag))
+        for r in self.s.io.submit(requests):
+            r.future.add_done_callback(lambda _, r=r: self.done.put(r))
+            self.pending += 1
+            if self.log is not None:
+                self.log.append((r.file, r.offset, r.nbytes, len(r.requests)))
+
+    def take(self, at_least):
+        got = []
+        while self.pending:
+            try:
+                r = self.done.get_nowait()
+            except queue.Empty:
+                if len(got) >= at_least:
+                    break
+                with self.s.timeline.span("wait", self.layer):
+                    r = self.done.get()
+            r.future.result()  # a failed read raises its StorageError here
+            self.pending -= 1
+            got.extend(tag[1:] for tag in r.tags)
+        return got
+
+    def resident(self, rows, units):
+        with self.s.timeline.span("compute", self.layer, units.size):
+            self.out += self.store.compute(self.x, self.store.slots, rows, units, *self.s.act)
+
+    def arrived(self, gates, ready, count):
+        store = self.store
+        with self.s.timeline.span("compute", self.layer, count):
+            fires = self.s.gate_fires(store, self.x, gates) if gates else None
+            cached = [(u, s) for u, s, _ in ready if s >= 0]
+            staged = [(u, -2 - s) for u, s, _ in ready if s < -1]
+            for src, pairs in ((store.slots, cached), (store.staging.rows, staged)):
+                if pairs:
+                    pairs = np.array(pairs)
+                    self.out += store.compute(self.x, src, pairs[:, 1], pairs[:, 0], *self.s.act)
+        return fires
+
+
 class Scheduler:
-    """Runs one FFN for one token under a :class:`PipelineConfig` (see the module docstring)."""
+    """Runs one FFN for one token under a :class:`PipelineConfig` on the engine's
+    :class:`FlashBackend` (see the module docstring)."""
 
     def __init__(
         self,
@@ -174,43 +399,24 @@ class Scheduler:
     ):
         self.layout, self.io, self.config, self.timeline = layout, io, config, timeline
         cfg = layout.config
-        self.kind, self.thr = cfg.ffn_activation, cfg.activation_threshold
-        if config.gate_first and (layout.cluster_size != 1 or cfg.ffn_activation == "silu"):
-            raise ConfigError(
-                f"gate-first loading needs one neuron per unit and a ReLU-family FFN; this "
-                f"layout has cluster size {layout.cluster_size}, activation "
-                f"{cfg.ffn_activation!r}"
-            )
-        self.gate_bytes = cfg.hidden_size * BITS[layout.dtype] // 8
+        self.act = (cfg.ffn_activation, cfg.activation_threshold)
+        check_gate_first(config, layout.cluster_size, cfg.ffn_activation)
+        gate_bytes = cfg.hidden_size * BITS[layout.dtype] // 8
+        self.spans = phase_spans(layout.stride, gate_bytes, layout.unit_bytes, layout.units)
+        self.log: list | None = None  # a list: every read issued goes here (see FlashBackend)
 
-    def compute_resident(self, store, layer, x, units, slots, between=None):
-        """Computes resident ``units`` (in ``slots``): long runs of consecutive slots in
-        place, the rest gathered, in chunks; ``between()`` runs after each chunk (the
-        cluster pipeline tops up reads there, so the I/O thread never idles on a long
-        stretch of hits)."""
+    def compute_resident(self, store, layer, x, units, slots):
+        """The FFN contribution of resident ``units`` (in ``slots``) for ``x [..., D]``."""
         out = 0.0
-        order = np.argsort(slots)
-        slots, units = slots[order], units[order]
-        long, rest = runs(slots)
-        chunks = [
-            (slice(a, b), units[i : i + b - a])
-            for a, b in long
-            for i in [int(np.searchsorted(slots, a))]
-        ]
-        if rest.size:
-            pick = np.isin(slots, rest)
-            chunks.append((rest, units[pick]))
-        for rows, us in _split(chunks, CHUNK):
+        for rows, us in resident_chunks(slots, units):
             with self.timeline.span("compute", layer, us.size):
-                out = out + store.compute(x, store.slots, rows, us, self.kind, self.thr)
-            if between is not None:
-                between()
+                out = out + store.compute(x, store.slots, rows, us, *self.act)
         return out
 
-    def _gate_fires(self, store, x, gates) -> np.ndarray:
-        """Whether each ``(unit, slot)`` of ``gates`` (gate row read) has a firing gate."""
-        units = np.array([u for u, _ in gates])
-        slots = np.array([s for _, s in gates])
+    def gate_fires(self, store, x, gates: list[Unit]) -> np.ndarray:
+        """Whether each gate-first unit of ``gates`` (gate row read) has a firing gate."""
+        units = np.array([u for u, _, _ in gates])
+        slots = np.array([s for _, s, _ in gates])
         fires = np.empty(len(gates), bool)
         for src, pick, rows in (
             (store.slots, slots >= 0, slots),
@@ -218,111 +424,28 @@ class Scheduler:
         ):
             if pick.any():
                 gate, _, _ = self.layout.decode_units(src[rows[pick]], store.scales, units[pick])
-                fires[pick] = gate_fires(gate @ x, self.kind, self.thr)
+                fires[pick] = gate_fires(gate @ x, *self.act)
         return fires
 
     def run(self, store: FfnStore, layer: int, x: np.ndarray, units: np.ndarray, t: int):
         """The FFN output ``[D]`` for input ``x [D]``, computing exactly ``units``."""
-        acc = store.cache.access(units, t)
-        mode = self.config.mode
-        wanted = np.isin(acc.admit, units)  # the rest is read-ahead: loaded, not computed
-        gate_first, split = self.config.gate_first, store.gate_first_from
-        # (unit, slot, phase): phase 0 = whole unit, 1 = gate row, 2 = up and down; slot -1 =
-        # a staging row to be assigned, -2 - r = staging row r
-        todo = collections.deque(
-            (u, s, 1 if gate_first and u >= split else 0)
-            for u, s in [
-                *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
-                *((u, -1) for u in acc.bypass.tolist()),
-            ]
+        backend = FlashBackend(self, store, layer, x, self.log)
+        run_ffn(
+            backend,
+            store.cache,
+            units,
+            t,
+            self.config,
+            staging_rows=len(store.staging.rows),
+            gate_first_from=store.gate_first_from,
         )
-        todo.extend(
-            (u, s, 0)
-            for u, s in zip(
-                acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True
-            )
+        return backend.out
+
+
+def check_gate_first(config: PipelineConfig, cluster_size: int, kind: Activation) -> None:
+    """Gate-first loading needs one neuron per unit and a ReLU-family FFN."""
+    if config.gate_first and (cluster_size != 1 or kind == "silu"):
+        raise ConfigError(
+            f"gate-first loading needs one neuron per unit and a ReLU-family FFN; this model "
+            f"has cluster size {cluster_size}, activation {kind!r}"
         )
-        requested = set(units.tolist())
-        free_rows = list(range(len(store.staging.rows)))
-        limit = self.config.depth if mode == "cluster" else len(todo)
-        stride, gb, ub = self.layout.stride, self.gate_bytes, self.layout.unit_bytes
-        parts = {0: (0, stride), 1: (0, gb), 2: (gb, ub)}
-        done_q = queue.SimpleQueue()  # reads land here as they complete (I/O threads put)
-        reads_out, inflight = 0, 0  # reads and units submitted, not yet consumed
-        out = np.zeros(self.layout.config.hidden_size, np.float32)
-
-        def submit():
-            nonlocal inflight, reads_out
-            batch = []
-            while todo and inflight + len(batch) < limit:
-                u, s, phase = todo[0]
-                if s == -1:
-                    if not free_rows:
-                        break
-                    s = -2 - free_rows.pop()
-                todo.popleft()
-                dest = store.slots[s] if s >= 0 else store.staging.rows[-2 - s]
-                a, b = parts[phase]
-                tag = (layer, u, s, phase)
-                batch.append(ReadRequest(store.index, u * stride + a, b - a, dest[a:b], tag))
-            for r in self.io.submit(batch) if batch else []:
-                r.future.add_done_callback(lambda _, r=r: done_q.put(r))
-                reads_out += 1
-            inflight += len(batch)
-
-        def take(at_least: int) -> list:
-            """Completed reads; blocks (a ``wait`` span) until ``at_least`` units are in."""
-            nonlocal reads_out
-            got, units_in = [], 0
-            while reads_out:
-                try:
-                    r = done_q.get_nowait()
-                except queue.Empty:
-                    if units_in >= at_least:
-                        break
-                    with self.timeline.span("wait", layer):
-                        r = done_q.get()
-                got.append(r)
-                reads_out -= 1
-                units_in += len(r.requests)
-            for r in got:
-                r.future.result()  # a failed read raises its StorageError here
-            return got
-
-        def compute(pairs, src):
-            nonlocal out
-            if pairs:
-                pairs = np.array(pairs)
-                out += store.compute(x, src, pairs[:, 1], pairs[:, 0], self.kind, self.thr)
-
-        def consume(reads):
-            nonlocal inflight
-            tags = [req.tag for r in reads for req in r.requests]
-            inflight -= len(tags)
-            full = [(u, s) for _, u, s, phase in tags if phase != 1]
-            gates = [(u, s) for _, u, s, phase in tags if phase == 1]
-            finished = list(full)  # units done with their staging rows
-            with self.timeline.span("compute", layer, len(tags)):
-                if gates:
-                    fires = self._gate_fires(store, x, gates)
-                    silent = [g for g, f in zip(gates, fires, strict=True) if not f]
-                    todo.extendleft((u, s, 2) for (u, s), f in zip(gates, fires, strict=True) if f)
-                    store.cache.discard(np.array([u for u, s in silent if s >= 0], np.int64))
-                    finished += silent
-                compute([(u, s) for u, s in full if s >= 0 and u in requested], store.slots)
-                compute([(u, -2 - s) for u, s in full if s < -1], store.staging.rows)
-            free_rows.extend(-2 - s for _, s in finished if s < -1)
-
-        def step(at_least: int):
-            consume(take(at_least))
-            submit()
-
-        submit()
-        if mode != "none":  # cluster: arrived reads are computed between chunks of hits
-            between = (lambda: step(0)) if mode == "cluster" else None
-            out += self.compute_resident(store, layer, x, acc.hits, acc.hit_slots, between)
-        while reads_out:
-            step(min(self.config.batch, inflight) if mode == "cluster" else inflight)
-        if mode == "none":
-            out += self.compute_resident(store, layer, x, acc.hits, acc.hit_slots)
-        return out

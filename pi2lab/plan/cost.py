@@ -93,6 +93,11 @@ class ModelStats:
     read_overhead_s: float = 0.0
 
     @property
+    def ffn_bytes(self) -> int:
+        """Cache bytes that hold every unit of every FFN (``sum_l U_l * b_l``)."""
+        return sum(layer.units * layer.unit_bytes for layer in self.layers)
+
+    @property
     def policies(self) -> list[str]:
         return sorted(self.layers[0].hit_rates)
 

@@ -24,12 +24,12 @@ import itertools
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from pi2lab.budget import MemoryBudget
 from pi2lab.engine.offload import OffloadConfig
-from pi2lab.errors import BudgetError, ConfigError
+from pi2lab.errors import BudgetError
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import ModelStats, PlanChoice, envelope, layer_seconds, token_seconds
 from pi2lab.plan.hardware import HardwareProfile
-from pi2lab.policies import LRU, Segmented, Window
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,10 +55,9 @@ class ExecutionPlan:
         """The :class:`OffloadConfig` that runs this plan."""
         return OffloadConfig(
             engine=self.choice.engine,
-            memory_budget=self.memory_bytes,
+            memory_budget=MemoryBudget.bytes(self.memory_bytes),
             layer_units=self.layer_units,
-            policy=policy_for_label(self.choice.policy),
-            hot_fraction=hot_fraction(self.choice.policy),
+            policy=self.choice.policy,
             pipeline=self.choice.pipeline,
             **overrides,
         )
@@ -73,31 +72,6 @@ class ExecutionPlan:
             "predicted_tokens_per_s": round(self.predicted_tokens_per_s, 3),
             "predicted_ms": {k: round(v * 1e3, 2) for k, v in self.terms.items()},
         }
-
-
-def hot_fraction(label: str) -> float:
-    return float(label.split("-")[1]) if label.startswith("segmented-") else 0.5
-
-
-def policy_for_label(label: str):
-    """The cache policy a hit-curve label stands for (None: the engine's segmented default)."""
-    if label.startswith("segmented-"):
-        return None
-    if label == "lru":
-        return LRU()
-    if label.startswith("window"):
-        return Window(k=int(label[len("window") :]))
-    raise ConfigError(f"unknown policy label {label!r}: expected segmented-F, lru or windowK")
-
-
-def policy_instance(label: str, units: int, capacity: int):
-    """The policy object the engine would build for ``label`` at ``capacity`` units."""
-    policy = policy_for_label(label)
-    if policy is not None:
-        return policy
-    frac = hot_fraction(label)
-    hot = min(units, int(frac * capacity))
-    return Segmented(hot_units=hot, hot_fraction=frac) if hot else LRU()
 
 
 def choices(
@@ -163,24 +137,27 @@ def _solve(stats: ModelStats, choice: PlanChoice, profile, cache_bytes: int, max
 def plan(
     stats: ModelStats,
     profile: HardwareProfile,
-    memory_bytes: int,
+    budget: MemoryBudget | int,
     *,
     cpu_threads: int | None = None,
     min_tokens_per_s: float | None = None,
     gate_first: bool = False,
 ) -> ExecutionPlan:
-    """The fastest plan within ``memory_bytes`` (and the CPU-thread limit).
+    """The fastest plan within ``budget`` (bytes, or a share of the FFN bytes on top of the
+    resident minimum) and the CPU-thread limit.
 
     Raises:
       BudgetError: the budget is below the resident minimum (fixed + staging), or no plan
         reaches ``min_tokens_per_s`` within it (the message names the binding constraint).
     """
+    if not isinstance(budget, MemoryBudget):
+        budget = MemoryBudget.bytes(budget)
     minimum = stats.fixed_bytes + stats.staging_bytes
-    if memory_bytes < minimum:
-        raise BudgetError(
-            f"memory budget {memory_bytes} bytes is below the resident minimum {minimum} bytes "
-            f"(resident tensors and KV cache {stats.fixed_bytes}, staging {stats.staging_bytes})"
-        )
+    memory_bytes = budget.total(minimum, stats.ffn_bytes)
+    budget.check(
+        minimum,
+        {"resident tensors and KV cache": stats.fixed_bytes, "staging": stats.staging_bytes},
+    )
     cache_bytes = memory_bytes - minimum
     max_s = None if min_tokens_per_s is None else 1.0 / min_tokens_per_s
     best = None

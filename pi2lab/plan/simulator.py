@@ -13,13 +13,12 @@ What is the engine's own logic (reused, not re-modelled):
   left after resident bytes and staging rows, split evenly over the FFNs, in 4 KiB-padded
   slots), and the same units per layer (the plan's hot block plus every unit of an active cold
   cluster);
-- the scheduler's ordering (:mod:`pi2lab.pipeline.scheduler`): misses queued requested-first,
-  then bypassed, then read-ahead; ``depth`` units in flight in cluster mode; hits computed in
-  chunks of up to 256 (long slot runs apart), reads topped up between chunks; arrived units
-  computed ``batch`` at a time; the matrix barrier; mode ``none`` reads everything first;
-  gate-first splits a miss into a gate read and an up/down read; bypassed units need a free
-  staging row; the I/O engine's coalescing of adjacent requests of one submit (up to 1 MiB;
-  off with ``PipelineConfig(coalesce=False)``) and its first-request order;
+- the scheduler itself: :func:`~pi2lab.pipeline.scheduler.run_ffn`, the engine's ordering
+  rules (misses requested-first, then bypassed, then read-ahead; ``depth`` units in flight;
+  hits in chunks with reads topped up between them; the matrix barrier; gate-first; staging
+  rows), runs on :class:`~pi2lab.plan.virtual.VirtualFfn`, whose reads are coalesced by the
+  I/O engine's own :func:`~pi2lab.storage.io.coalesce` (a conformance test checks that both
+  issue the same reads);
 - ``bundled=False`` (the ablation baseline, no neuron bundling): a miss is three reads, its
   gate row, up row and down column, each from its own matrix-major region of the FFN's file
   (down stored transposed, as PowerInfer does), so the rows of adjacent units are adjacent on
@@ -58,355 +57,34 @@ own cache; the simulation runs layer by layer over all tokens and sums.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import heapq
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 
+from pi2lab.budget import MemoryBudget
 from pi2lab.cache import NeuronCache
 from pi2lab.config import ModelConfig
-from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
+from pi2lab.engine.offload import OffloadConfig
 from pi2lab.engine.sparse import SparsePlan
-from pi2lab.errors import BudgetError, ConfigError
-from pi2lab.pipeline.scheduler import CHUNK, RUN, PipelineConfig
-from pi2lab.pipeline.timeline import Event, Timeline
+from pi2lab.errors import ConfigError
+from pi2lab.pipeline.scheduler import (
+    PipelineConfig,
+    check_gate_first,
+    phase_spans,
+    run_ffn,
+    staging_rows,
+)
+from pi2lab.pipeline.timeline import Event
 from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.mmap_baseline import simulate_mmap
 from pi2lab.plan.shapes import ModelShape, get_shape
+from pi2lab.plan.sim_result import SimResult, layer_timeline, make_result, shifted
 from pi2lab.plan.traces import SyntheticTrace
+from pi2lab.plan.virtual import Costs, VirtualFfn
 from pi2lab.policies import Policy
-from pi2lab.storage.layout import ALIGN
 
 SimEngine = Literal["powerinfer2", "llmflash", "llama.cpp-mmap"]
 SIM_ENGINES: tuple[str, ...] = ("powerinfer2", "llmflash", "llama.cpp-mmap")
-MAX_COALESCE = 1 << 20  # the I/O engine's default max_coalesce_bytes
-IOV_MAX = 1024
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class SimResult:
-    """Simulated decode of ``T`` tokens (every figure simulated, none measured).
-
-    Attributes:
-      engine: Simulated engine.
-      shape: Model shape name.
-      profile: Hardware profile name.
-      tokens_per_s: Simulated tokens/s: 1 / median token seconds after ``warmup``.
-      token_seconds: ``[T]`` simulated seconds per token.
-      bytes_read: ``[T]`` bytes read from flash per token (aligned spans).
-      hits: ``[T]`` requested units found in the cache (llama.cpp-mmap: resident units).
-      requested: ``[T]`` units computed.
-      wait_seconds: ``[T]`` time the compute thread waited on reads.
-      stage_seconds: Mean simulated seconds per token after warm-up by stage (attention,
-        compute, wait, head).
-      cache_units: Cache slots per FFN (llama.cpp-mmap: resident units per FFN).
-      memory_bytes: Resident bytes + staging + cache (the budget used).
-      warmup: Leading tokens left out of the summaries.
-      timeline: The last token's events on the virtual clock (seconds from its start).
-    """
-
-    engine: str
-    shape: str
-    profile: str
-    tokens_per_s: float
-    token_seconds: np.ndarray
-    bytes_read: np.ndarray
-    hits: np.ndarray
-    requested: np.ndarray
-    wait_seconds: np.ndarray
-    stage_seconds: dict
-    cache_units: int
-    memory_bytes: int
-    warmup: int
-    timeline: Timeline
-
-    @property
-    def hit_rate(self) -> float:
-        """Simulated hits / requested units after warm-up."""
-        req = int(self.requested[self.warmup :].sum())
-        return int(self.hits[self.warmup :].sum()) / req if req else float("nan")
-
-    @property
-    def bytes_per_token(self) -> float:
-        """Simulated mean bytes read per token after warm-up."""
-        return float(self.bytes_read[self.warmup :].mean())
-
-    @property
-    def io_share(self) -> float:
-        """Simulated share of token time the compute thread waited on reads, after warm-up
-        (as :meth:`Timeline.io_share <pi2lab.pipeline.timeline.Timeline.io_share>`)."""
-        w = slice(self.warmup, None)
-        return float(self.wait_seconds[w].sum() / max(self.token_seconds[w].sum(), 1e-30))
-
-    def to_json(self) -> dict:
-        return {
-            "simulated": True,
-            "engine": self.engine,
-            "shape": self.shape,
-            "profile": self.profile,
-            "tokens_per_s": self.tokens_per_s,
-            "hit_rate": self.hit_rate,
-            "bytes_per_token": self.bytes_per_token,
-            "io_share": self.io_share,
-            "stage_seconds": dict(self.stage_seconds),
-            "cache_units": self.cache_units,
-            "memory_bytes": self.memory_bytes,
-            "warmup": self.warmup,
-            "token_seconds": self.token_seconds.tolist(),
-            "bytes_read": self.bytes_read.tolist(),
-            "timeline": self.timeline.rows(0.0),
-        }
-
-
-# -- one FFN on the virtual clock --------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Costs:
-    """Per-FFN constants of the device model (seconds, bytes)."""
-
-    unit: float  # compute one whole unit
-    gate: float  # compute one gate row (gate-first)
-    stride: int
-    gate_bytes: int
-    unit_bytes: int
-    servers: int
-    coalesce: bool
-    read_rate: object  # io_bytes -> seconds one server is busy
-    per_read: float = 0.0  # host time on the compute thread per unit read
-    units: int = 0  # U: the matrix-major regions of unbundled reads (phases 3-5)
-
-
-class _Reads:
-    """``servers`` FIFO read servers; completions in (end, submit order) order."""
-
-    def __init__(self, costs: _Costs, record: list | None, layer: int):
-        self.costs, self.record, self.layer = costs, record, layer
-        self.free_at = [0.0] * costs.servers
-        self.heap: list = []
-        self.seq = 0
-        self.nbytes = 0
-
-    def submit(self, now: float, batch: list) -> None:
-        """``batch`` of ``(u, s, phase)`` submitted at ``now``: coalesced like
-        :meth:`IOEngine.submit <pi2lab.storage.io.IOEngine.submit>` (sorted by offset, a request
-        starting where the previous ends joins its read, up to 1 MiB), served in first-request
-        order."""
-        c = self.costs
-        arr = np.array(batch, np.int64).reshape(-1, 3)  # [N, 3] (u, s, phase)
-        # phases: 0 bundle, 1 gate row, 2 up/down (gate-first), 3-5 gate/up/down rows unbundled
-        row = c.unit_bytes // 3
-        step = np.array([c.stride] * 3 + [row] * 3)
-        base = np.array([0, 0, c.gate_bytes, 0, c.units * row, 2 * c.units * row])
-        size = np.array([c.stride, c.gate_bytes, c.unit_bytes - c.gate_bytes, row, row, row])
-        off = arr[:, 0] * step[arr[:, 2]] + base[arr[:, 2]]  # [N]
-        length = size[arr[:, 2]]
-        order = np.argsort(off, kind="stable")
-        off, length = off[order], length[order]
-        new = np.ones(order.size, bool)
-        if c.coalesce:
-            new[1:] = off[1:] != off[:-1] + length[:-1]
-        starts = np.flatnonzero(new)
-        bounds = np.append(starts, order.size)
-        if np.any(np.diff(bounds) > 1):  # cut chains past MAX_COALESCE bytes or IOV_MAX pieces
-            starts = []
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                size, n = 0, 0
-                for j in range(a, b):
-                    if j == a or size + length[j] > MAX_COALESCE or n >= IOV_MAX:
-                        starts.append(j)
-                        size, n = 0, 0
-                    size += int(length[j])
-                    n += 1
-            starts = np.array(starts)
-            bounds = np.append(starts, order.size)
-        first = np.minimum.reduceat(order, starts)  # first request of each read
-        g = np.argsort(first, kind="stable")
-        last = bounds[1:] - 1
-        lo = off[starts] - off[starts] % ALIGN
-        hi = -(-(off[last] + length[last]) // ALIGN) * ALIGN
-        io_bytes = (hi - lo)[g]
-        dur = np.array([c.read_rate(int(b)) for b in io_bytes.tolist()])
-        members = order.tolist()
-        bl = bounds.tolist()
-        rows = arr.tolist()
-        self.nbytes += int(io_bytes.sum())
-        if c.servers == 1:
-            begin = max(now, self.free_at[0])
-            ends = begin + np.cumsum(dur)
-            self.free_at[0] = float(ends[-1])
-            starts_at = [begin, *ends[:-1].tolist()]  # back to back, no rounding gaps
-            when = [(a, e, 0) for a, e in zip(starts_at, ends.tolist(), strict=True)]
-        else:
-            when = []
-            for d in dur.tolist():
-                k = min(range(c.servers), key=self.free_at.__getitem__)
-                start = max(now, self.free_at[k])
-                self.free_at[k] = start + d
-                when.append((start, start + d, k))
-        for j, (start, done, k) in zip(g.tolist(), when, strict=True):
-            tags = [rows[i] for i in members[bl[j] : bl[j + 1]]]
-            heapq.heappush(self.heap, (done, self.seq, tags))
-            self.seq += 1
-            if self.record is not None:
-                self.record.append(
-                    Event(
-                        stage="read",
-                        layer=self.layer,
-                        start=start,
-                        end=done,
-                        thread=f"io{k}",
-                        units=len(tags),
-                        nbytes=int(hi[j] - lo[j]),
-                    )
-                )
-
-
-def _chunks(slots: np.ndarray) -> list[int]:
-    """Unit counts of the chunks :meth:`Scheduler.compute_resident` computes for hits in
-    ``slots``: runs of at least RUN consecutive slots apart, then the rest, each cut at CHUNK
-    (the lengths :func:`pi2lab.pipeline.scheduler.runs` gives, without splitting arrays)."""
-    if slots.size == 0:
-        return []
-    slots = np.sort(slots)
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(slots) != 1) + 1, [slots.size]])
-    lengths = np.diff(bounds)
-    long = lengths[lengths >= RUN].tolist()
-    rest = int(lengths[lengths < RUN].sum())
-    sizes = long + ([rest] if rest else [])
-    return [min(CHUNK, n - a) for n in sizes for a in range(0, n, CHUNK)]
-
-
-class _FfnSim:
-    """One FFN's cache and scheduler on the virtual clock (see the module docstring)."""
-
-    def __init__(
-        self,
-        cache,
-        pipeline: PipelineConfig,
-        costs: _Costs,
-        stage_rows: int,
-        gate_first_from: int,
-        fire_rate: float,
-        rng,
-        bundled: bool = True,
-    ):
-        self.cache, self.p, self.c = cache, pipeline, costs
-        self.stage_rows, self.split = stage_rows, gate_first_from
-        self.fire_rate, self.rng = fire_rate, rng
-        self.pieces = (0,) if bundled else (3, 4, 5)
-
-    def run(self, need: np.ndarray, t: int, layer: int, record: list | None):
-        """Runs one token's FFN from time 0; returns (seconds, wait, compute, bytes, hits)."""
-        p, c = self.p, self.c
-        acc = self.cache.access(need, t)
-        wanted = np.isin(acc.admit, need)
-        ahead = set(acc.admit[~wanted].tolist())
-        gf = p.gate_first
-        todo = collections.deque(
-            (u, s, ph)
-            for u, s in [
-                *zip(acc.admit[wanted].tolist(), acc.admit_slots[wanted].tolist(), strict=True),
-                *((u, -1) for u in acc.bypass.tolist()),
-            ]
-            for ph in ((1,) if gf and u >= self.split else self.pieces)
-        )
-        todo.extend(
-            (u, s, ph)
-            for u, s in zip(
-                acc.admit[~wanted].tolist(), acc.admit_slots[~wanted].tolist(), strict=True
-            )
-            for ph in self.pieces
-        )
-        mode = p.mode
-        limit = p.depth if mode == "cluster" else len(todo)
-        free_rows = list(range(self.stage_rows))
-        reads = _Reads(c, record, layer)
-        st = {"now": 0.0, "wait": 0.0, "compute": 0.0, "inflight": 0}
-
-        def span(stage, dur, units):
-            start = st["now"]
-            st["now"] = start + dur
-            if stage == "compute":
-                st["compute"] += dur
-            else:
-                st["wait"] += dur
-            if record is not None:
-                record.append(
-                    Event(
-                        stage=stage,
-                        layer=layer,
-                        start=start,
-                        end=st["now"],
-                        thread="compute",
-                        units=units,
-                    )
-                )
-
-        def submit():
-            batch = []
-            while todo and st["inflight"] + len(batch) < limit:
-                u, s, phase = todo[0]
-                if s == -1:
-                    if not free_rows:
-                        break
-                    s = -2 - free_rows.pop()
-                todo.popleft()
-                batch.append((u, s, phase))
-            if batch:
-                reads.submit(st["now"], batch)
-            st["inflight"] += len(batch)
-
-        def take(at_least):
-            got, units_in = [], 0
-            heap = reads.heap
-            while heap:
-                if heap[0][0] > st["now"]:
-                    if units_in >= at_least:
-                        break
-                    span("wait", heap[0][0] - st["now"], 0)
-                tags = heapq.heappop(heap)[2]
-                got.extend(tags)
-                units_in += len(tags)
-            return got
-
-        def consume(tags):
-            st["inflight"] -= len(tags)
-            dur, finished = 0.0, []
-            for u, s, phase in tags:
-                if phase == 1:
-                    dur += c.gate
-                    if self.rng.random() < self.fire_rate:
-                        todo.appendleft((u, s, 2))
-                    else:
-                        if s >= 0:
-                            self.cache.discard(np.array([u], np.int64))
-                        finished.append(s)
-                    continue
-                finished.append(s)
-                if s < -1 or u not in ahead:  # read-ahead arrives but is not computed
-                    dur += {0: c.unit, 2: c.unit - c.gate}.get(phase, c.unit / 3)
-            span("compute", dur + len(tags) * c.per_read, len(tags))
-            free_rows.extend(-2 - s for s in finished if s < -1)
-
-        def step(at_least):
-            consume(take(at_least))
-            submit()
-
-        def resident(between):
-            for n in _chunks(acc.hit_slots):
-                span("compute", n * c.unit, n)
-                if between is not None:
-                    between()
-
-        submit()
-        if mode != "none":
-            resident((lambda: step(0)) if mode == "cluster" else None)
-        while reads.heap:
-            step(min(p.batch, st["inflight"]) if mode == "cluster" else st["inflight"])
-        if mode == "none":
-            resident(None)
-        return st["now"], st["wait"], st["compute"], reads.nbytes, acc.hits.size
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -434,6 +112,13 @@ def _layer_masks(trace, i: int, shape: ModelShape, tokens: int) -> np.ndarray:
             f"{'experts, ' if cfg.is_moe else ''}units)"
         )
     return m[:tokens]
+
+
+def shape_minimum(shape: ModelShape, pipeline: PipelineConfig, kv_capacity: int):
+    """What the offload engine holds for ``shape`` before its cache: ``(fixed bytes, staging
+    rows)`` (resident weights, predictors, scales and an f16 KV cache; staging rows of one
+    stride each)."""
+    return shape.resident_bytes(kv_capacity), staging_rows(pipeline, shape.stride)
 
 
 def _apply_plan(masks: np.ndarray, plan, shape: ModelShape, layer: int) -> np.ndarray:
@@ -526,7 +211,7 @@ def simulate_decode(
         plan.check(cfg)
     args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s)
     if engine == "llama.cpp-mmap":
-        return _simulate_mmap(*args)
+        return simulate_mmap(*args)
     offload = OffloadConfig(
         engine=engine,
         memory_budget=0.0,
@@ -538,12 +223,7 @@ def simulate_decode(
     pipe = offload.pipeline_config()
     if pipe.gate_first and not bundled:
         raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
-    if pipe.gate_first and (shape.cluster_size != 1 or cfg.ffn_activation == "silu"):
-        raise ConfigError(
-            f"gate-first loading needs one neuron per unit and a ReLU-family FFN; shape "
-            f"{shape.name!r} has cluster size {shape.cluster_size}, activation "
-            f"{cfg.ffn_activation!r}"
-        )
+    check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
     if trace is None:
         trace = SyntheticTrace(
             density=shape.active_fraction,
@@ -565,19 +245,22 @@ def simulate_decode(
 
     # memory, as OffloadEngine: resident + KV, staging rows, then cache slots per FFN
     stride, units = shape.stride, shape.units
-    stage_rows = max(pipe.depth, -(-STREAM_BYTES // stride))
-    fixed = shape.resident_bytes(kv_capacity)
-    if ffn_fraction is not None:
-        per_ffn = int(ffn_fraction * units)
-    else:
-        spare = memory_bytes - fixed - stage_rows * stride
-        if spare < 0:
-            raise BudgetError(
-                f"memory budget {memory_bytes} bytes is below the minimum "
-                f"{fixed + stage_rows * stride} bytes for {shape.name} (resident weights, "
-                f"predictors, scales and KV cache {fixed}, staging {stage_rows * stride})"
-            )
-        per_ffn = min(units, spare // stride // shape.num_ffns)
+    fixed, stage_rows = shape_minimum(shape, pipe, kv_capacity)
+    budget = (
+        MemoryBudget.share(ffn_fraction)
+        if memory_bytes is None
+        else MemoryBudget.bytes(memory_bytes)
+    )
+    per_ffn = budget.cache_units(
+        minimum=fixed + stage_rows * stride,
+        unit_bytes=stride,
+        units=units,
+        ffns=shape.num_ffns,
+        parts={
+            f"{shape.name}'s resident weights, predictors, scales and KV cache": fixed,
+            "staging": stage_rows * stride,
+        },
+    )
     used = fixed + stage_rows * stride + per_ffn * stride * shape.num_ffns
 
     k = pipe.io_threads
@@ -590,18 +273,16 @@ def simulate_decode(
 
     per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
     sparse = profile.sparse_gbs * 1e9
-    costs = _Costs(
+    costs = Costs(
         unit=shape.cluster_size * per_neuron / sparse,
         gate=shape.cluster_size * per_neuron / 3 / sparse,
-        stride=stride,
-        gate_bytes=shape.gate_bytes,
-        unit_bytes=shape.unit_bytes,
+        spans=phase_spans(stride, shape.gate_bytes, shape.unit_bytes, units),
         servers=k,
         coalesce=pipe.coalesce,
         read_rate=read_rate,
         per_read=read_overhead_s,
-        units=units,
     )
+    pieces = (0,) if bundled else (3, 4, 5)
     mem = profile.dense_gbs * 1e9  # resident weights: the profile's fitted compute rate
     moe = cfg.is_moe
     experts = cfg.num_experts if moe else 1
@@ -618,15 +299,13 @@ def simulate_decode(
         masks = _apply_plan(_layer_masks(trace, i, shape, tokens), plan, shape, i)
         masks = masks if moe else masks[:, None]  # [T, E, U]
         routed = masks.any(-1)  # [T, E]
-        sims = []
+        caches, ffns = [], []
+        hot_units = plan.layers[i].hot // shape.cluster_size if plan is not None else 0
         for e in range(experts):
-            cache = NeuronCache(offload.policy_for(units, per_ffn), units, per_ffn)
-            hot_units = plan.layers[i].hot // shape.cluster_size if plan is not None else 0
-            split = max(getattr(cache.state, "hot_units", 0), hot_units)
+            caches.append(NeuronCache(offload.policy_for(units, per_ffn), units, per_ffn))
             rng = np.random.default_rng([seed, i, e])
-            sims.append(
-                _FfnSim(cache, pipe, costs, stage_rows, split, gate_fire_rate, rng, bundled)
-            )
+            ffns.append(VirtualFfn(costs, gate_fire_rate, rng))
+        split = max(getattr(caches[0].state, "hot_units", 0), hot_units)
         layer_events: list[Event] = []
         for t in range(tokens):
             front = attention + predictor * (int(routed[t].sum()) if moe else 1)
@@ -635,14 +314,25 @@ def simulate_decode(
             for e in np.flatnonzero(routed[t]):
                 need = np.flatnonzero(masks[t, e])
                 sub = [] if record is not None else None
-                dur, w, cp, nb, h = sims[e].run(need, t, i, sub)
+                ffn = ffns[e]
+                ffn.start(i, sub)
+                acc = run_ffn(
+                    ffn,
+                    caches[e],
+                    need,
+                    t,
+                    pipe,
+                    staging_rows=stage_rows,
+                    gate_first_from=split,
+                    pieces=pieces,
+                )
                 if sub is not None:
-                    record.extend(_shifted(sub, clock))
-                clock += dur
-                wait[t] += w
-                comp[t] += cp
-                nbytes[t] += nb
-                hits[t] += h
+                    record.extend(shifted(sub, clock))
+                clock += ffn.now
+                wait[t] += ffn.wait
+                comp[t] += ffn.busy
+                nbytes[t] += ffn.nbytes
+                hits[t] += acc.hits.size
                 req[t] += need.size
             att[t] += front
             secs[t] += clock
@@ -654,8 +344,8 @@ def simulate_decode(
                 layer_secs[i] = clock
         events.append(layer_events)
     secs += head
-    timeline = _timeline(events, layer_secs, head)
-    return _result(
+    timeline = layer_timeline(events, layer_secs, head)
+    return make_result(
         engine,
         shape,
         profile,
@@ -674,138 +364,4 @@ def simulate_decode(
     )
 
 
-def _shifted(events: Sequence[Event], by: float) -> list[Event]:
-    return [dataclasses.replace(e, start=e.start + by, end=e.end + by) for e in events]
-
-
-def _timeline(events: list[list[Event]], layer_secs: np.ndarray, head: float) -> Timeline:
-    timeline = Timeline()
-    starts = np.concatenate([[0.0], np.cumsum(layer_secs)])
-    for i, evs in enumerate(events):
-        timeline.events.extend(_shifted(evs, float(starts[i])))
-    end = float(starts[-1])
-    timeline.events.append(
-        Event(stage="head", layer=-1, start=end, end=end + head, thread="compute")
-    )
-    return timeline
-
-
-def _result(
-    engine,
-    shape,
-    profile,
-    secs,
-    nbytes,
-    hits,
-    req,
-    wait,
-    comp,
-    att,
-    head,
-    per_ffn,
-    used,
-    warmup,
-    timeline,
-) -> SimResult:
-    w = slice(warmup, None)
-    return SimResult(
-        engine=engine,
-        shape=shape.name,
-        profile=profile.name,
-        tokens_per_s=float(1.0 / np.median(secs[w])),
-        token_seconds=secs,
-        bytes_read=nbytes,
-        hits=hits,
-        requested=req,
-        wait_seconds=wait,
-        stage_seconds={
-            "attention": float(att[w].mean()),
-            "compute": float(comp[w].mean()),
-            "wait": float(wait[w].mean()),
-            "head": float(head),
-        },
-        cache_units=int(per_ffn),
-        memory_bytes=int(used),
-        warmup=warmup,
-        timeline=timeline,
-    )
-
-
-def _simulate_mmap(
-    shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s
-):
-    """llama.cpp with mmap past RAM size: dense, the FFN bytes beyond the budget re-read in
-    order every token at ``sequential_mbs``, no overlap (the same every token)."""
-    cfg = shape.config
-    per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron  # GGUF: scales inline
-    units, unit_bytes = shape.units, shape.cluster_size * per_neuron
-    fixed = shape.resident_bytes(kv_capacity, predictors=False) - shape.scale_bytes_total()
-    if ffn_fraction is not None:
-        resident_units = int(ffn_fraction * units)
-    else:
-        spare = memory_bytes - fixed
-        if spare < 0:
-            raise BudgetError(
-                f"memory budget {memory_bytes} bytes is below the minimum {fixed} bytes for "
-                f"{shape.name} (non-FFN weights and KV cache)"
-            )
-        resident_units = min(units, spare // unit_bytes // shape.num_ffns)
-    used = fixed + resident_units * unit_bytes * shape.num_ffns
-    mem = dense = profile.dense_gbs * 1e9
-    seq = profile.sequential_mbs * 1e6
-    attention, head = shape.attention_bytes() / mem + overhead_s, shape.head_bytes() / mem
-    experts = cfg.num_experts_per_tok if cfg.is_moe else 1
-    in_mem = resident_units * unit_bytes
-    streamed = (units - resident_units) * unit_bytes
-    timeline, now = Timeline(), 0.0
-    for i in range(cfg.num_layers):
-        spans = [("attention", attention, 0)]
-        for _ in range(experts):
-            spans += [
-                ("compute", in_mem / dense, resident_units),
-                ("wait", streamed / seq, 0),
-                ("compute", streamed / dense, units - resident_units),
-            ]
-        for stage, dur, n in spans:
-            if stage == "wait" and dur > 0:
-                timeline.events.append(
-                    Event(
-                        stage="read",
-                        layer=i,
-                        start=now,
-                        end=now + dur,
-                        thread="io0",
-                        units=n,
-                        nbytes=streamed,
-                    )
-                )
-            timeline.events.append(
-                Event(stage=stage, layer=i, start=now, end=now + dur, thread="compute", units=n)
-            )
-            now += dur
-    timeline.events.append(
-        Event(stage="head", layer=-1, start=now, end=now + head, thread="compute")
-    )
-    per_layer_wait = experts * streamed / seq
-    full = np.ones(tokens)
-    L = cfg.num_layers
-    return _result(
-        "llama.cpp-mmap",
-        shape,
-        profile,
-        full * (now + head),
-        (full * L * experts * streamed).astype(np.int64),
-        (full * L * experts * resident_units).astype(np.int64),
-        (full * L * experts * units).astype(np.int64),
-        full * L * per_layer_wait,
-        full * L * experts * (in_mem + streamed) / dense,
-        full * L * attention,
-        head,
-        resident_units,
-        used,
-        warmup,
-        timeline,
-    )
-
-
-__all__ = ["SIM_ENGINES", "SimResult", "simulate_decode"]
+__all__ = ["SIM_ENGINES", "SimResult", "shape_minimum", "simulate_decode"]

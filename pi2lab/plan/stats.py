@@ -16,14 +16,14 @@ import numpy as np
 import tokenizers
 
 from pi2lab.cache import simulate
-from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig, OffloadEngine
+from pi2lab.engine.offload import OffloadConfig, OffloadEngine, fixed_bytes
 from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.pipeline.scheduler import PipelineConfig, staging_rows
 from pi2lab.plan.cost import LayerStats, ModelStats
-from pi2lab.plan.planner import policy_instance
-from pi2lab.policies import StaticHot
+from pi2lab.policies.registry import make_policy
 from pi2lab.storage.layout import FFN_KEYS, FlashLayout
 
-POLICIES = ("segmented-0.5", "segmented-0.8", "lru", "window5")
+POLICIES = ("segmented-0.5", "segmented-0.8", "lru", "window-5")
 
 
 PROMPTS = ("Return the number of items", "The default value of the", "If the file does not")
@@ -45,7 +45,7 @@ def record_requests(
 ) -> tuple[list[np.ndarray], float]:
     """Greedy-decodes ``tokens`` tokens after each prompt with every unit resident; returns
     the unit masks ``[T, U]`` per FFN and the median seconds per token of that run."""
-    config = OffloadConfig(memory_budget=1.0, policy=StaticHot(), kv_capacity=512)
+    config = OffloadConfig(memory_budget=1.0, policy="static-hot", kv_capacity=512)
     masks = [[] for _ in layout.files]
     seconds = []
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
@@ -78,9 +78,8 @@ def layout_stats(
     """Per-FFN statistics of ``layout`` under request masks ``[T, U]`` per FFN."""
     cfg = layout.config
     tensors = layout.resident()
-    kv = 2 * cfg.num_layers * kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
-    fixed = sum(a.nbytes for a in tensors.values()) + kv
-    staging = max(depth, -(-STREAM_BYTES // layout.stride)) * layout.stride
+    fixed = fixed_bytes(cfg, tensors, kv_capacity)
+    staging = staging_rows(PipelineConfig(depth=depth), layout.stride) * layout.stride
     u = layout.units
     caps = tuple(sorted({round(u * k / grid) for k in range(grid + 1)}))
     layers = []
@@ -92,7 +91,7 @@ def layout_stats(
                 # steady state)
                 1.0
                 if c == u
-                else simulate(policy_instance(label, u, c), m, c, warmup=warm).hit_rate
+                else simulate(make_policy(label, units=u, capacity=c), m, c, warmup=warm).hit_rate
                 if c
                 else 0.0
                 for c in caps

@@ -56,7 +56,9 @@ ALIGN = 4096
 
 # preadv refuses more scatter pieces than this (EINVAL), so it also bounds a merged read.
 # sysconf answers -1 where the limit is unknown; 1024 is the Linux value.
-_IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 0) or 1024
+IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 0) or 1024
+MAX_COALESCE = 1 << 20
+"""The default largest merged read, in bytes."""
 
 _MIN_BENCH_BYTES = 4 << 20
 
@@ -158,6 +160,55 @@ def iter_completed(reads: Iterable[Read], timeout: float | None = None) -> Itera
         yield by_future[future]
 
 
+def coalesce(
+    files,
+    offsets,
+    lengths,
+    *,
+    merge: bool = True,
+    max_bytes: int = MAX_COALESCE,
+    max_pieces: int = IOV_MAX,
+) -> list[np.ndarray]:
+    """Groups read requests into reads by the coalescing rule (see the module docstring).
+
+    Requests ``i`` (``files[i]``, ``offsets[i]``, ``lengths[i]``) are sorted by file and offset
+    (stably); a request that starts where the previous one ends joins its read while the read
+    stays within ``max_bytes`` and ``max_pieces`` requests. A pure function: the I/O engine
+    reads by it and the simulator's virtual read servers charge by it.
+
+    Returns:
+      One int64 index array per read, its requests in file order; reads in the order of their
+      first request in the input (each request alone, in input order, when ``merge`` is off).
+    """
+    n = len(offsets)
+    if not merge or n < 2:
+        return [np.array([i]) for i in range(n)]
+    files = np.asarray(files, np.int64)
+    off = np.asarray(offsets, np.int64)
+    length = np.asarray(lengths, np.int64)
+    order = np.lexsort((off, files))  # stable: equal offsets keep their input order
+    f, off, length = files[order], off[order], length[order]
+    new = np.ones(n, bool)
+    new[1:] = (f[1:] != f[:-1]) | (off[1:] != off[:-1] + length[:-1])
+    starts = np.flatnonzero(new)
+    bounds = np.append(starts, n)
+    if np.any(np.diff(bounds) > 1):  # cut chains past max_bytes or max_pieces
+        cut = []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            size = pieces = 0
+            for j in range(a, b):
+                if j == a or size + int(length[j]) > max_bytes or pieces >= max_pieces:
+                    cut.append(j)
+                    size = pieces = 0
+                size += int(length[j])
+                pieces += 1
+        starts = np.array(cut)
+    ends = np.append(starts[1:], n).tolist()
+    starts = starts.tolist()
+    first = np.minimum.reduceat(order, starts)
+    return [order[starts[g] : ends[g]] for g in np.argsort(first, kind="stable").tolist()]
+
+
 def _is_aligned(value: int) -> bool:
     return value % ALIGN == 0
 
@@ -240,7 +291,7 @@ class IOEngine:
         threads: int = 1,
         direct: bool = True,
         coalesce: bool = True,
-        max_coalesce_bytes: int = 1 << 20,
+        max_coalesce_bytes: int = MAX_COALESCE,
     ):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -326,11 +377,16 @@ class IOEngine:
             raise StorageError("IOEngine.submit after close()")
         for r in requests:
             self._check(r)
-        groups = self._group(requests) if self.coalesce else [[i] for i in range(len(requests))]
-        groups.sort(key=min)
+        groups = coalesce(
+            [r.file for r in requests],
+            [r.offset for r in requests],
+            [r.length for r in requests],
+            merge=self.coalesce,
+            max_bytes=self.max_coalesce_bytes,
+        )
         reads = []
         for group in groups:
-            pieces = tuple(requests[i] for i in group)
+            pieces = tuple(requests[i] for i in group.tolist())
             try:
                 future = self._executor.submit(self._do_read, pieces)
             except RuntimeError as e:  # closed by another thread since the check above
@@ -364,28 +420,6 @@ class IOEngine:
                 f"read request {r.tag} on {self.paths[r.file]}: dest must be a writable "
                 f"C-contiguous uint8 array of {r.length} bytes, got {got}"
             )
-
-    def _group(self, requests: Sequence[ReadRequest]) -> list[list[int]]:
-        """Indices of ``requests`` grouped into reads by the coalescing rule."""
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].file, requests[i].offset))
-        groups: list[list[int]] = []
-        end = size = -1
-        for i in order:
-            r = requests[i]
-            if (
-                groups
-                and requests[groups[-1][0]].file == r.file
-                and r.offset == end
-                and size + r.length <= self.max_coalesce_bytes
-                and len(groups[-1]) < _IOV_MAX
-            ):
-                groups[-1].append(i)
-                size += r.length
-            else:
-                groups.append([i])
-                size = r.length
-            end = r.offset + r.length
-        return groups
 
     def _do_read(self, pieces: tuple[ReadRequest, ...]) -> ReadRecord:
         """Worker body: one (possibly scattered) read; raises StorageError on failure."""

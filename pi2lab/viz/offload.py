@@ -11,7 +11,6 @@ Shapes: T tokens, L layers, U units per layer, B budgets.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from pi2lab.cache import simulate, unit_masks
-from pi2lab.policies import LFU, LRU, Belady, Policy, StaticHot, Window
+from pi2lab.policies import Belady
+from pi2lab.policies.registry import make_policy, parse_policy, policy_label
 
-POLICIES = ("LRU", "LFU", "Window", "StaticHot", "Segmented")
+POLICIES = ("lru", "lfu", "window", "static-hot", "segmented")
 STAGE_COLORS = {
     "attention": "#4c78a8",
     "compute": "#54a24b",
@@ -49,19 +49,14 @@ def layer_unit_masks(trace, plan, cluster_size: int, tokens: int, *, hot_block: 
     ]
 
 
-def make_policy(
-    name: str, universe: int, capacity: int, *, hot_fraction: float = 0.5, segmented: bool = True
-) -> Policy:
-    """A policy by name. ``Segmented`` is built as the ``powerinfer2`` engine builds it
-    (:meth:`pi2lab.engine.offload.OffloadConfig.policy_for`); without ``segmented`` it is a
-    plain :class:`~pi2lab.policies.LRU`."""
-    from pi2lab.engine.offload import OffloadConfig
-
-    if name == "Segmented":
-        if not segmented:
-            return LRU()
-        return OffloadConfig(hot_fraction=hot_fraction).policy_for(universe, capacity)
-    return {"LRU": LRU, "LFU": LFU, "Window": lambda: Window(k=5), "StaticHot": StaticHot}[name]()
+def policy_factory(name: str, *, hot_fraction: float = 0.5, segmented: bool = True):
+    """``(universe, capacity) -> Policy`` for a registry name (:mod:`pi2lab.policies.registry`),
+    built as the engine builds it; ``segmented=False`` turns ``segmented`` into plain LRU."""
+    if parse_policy(name)[0] == "segmented" and not segmented:
+        name = "lru"
+    return lambda universe, capacity: make_policy(
+        name, units=universe, capacity=capacity, hot_fraction=hot_fraction
+    )
 
 
 def capacity_of(budget: float, universe: int) -> int:
@@ -72,7 +67,7 @@ def capacity_of(budget: float, universe: int) -> int:
 def replay(masks: Sequence[np.ndarray], policy, budget: float, warmup: int = 0):
     """Hit rate ``[L]`` and units read per token ``[L]`` of ``policy`` (a name, or
     ``(universe, capacity) -> Policy``) replayed on per-layer masks ``[T, U]``."""
-    factory = policy if callable(policy) else functools.partial(make_policy, policy)
+    factory = policy if callable(policy) else policy_factory(policy)
     rates, reads = [], []
     for m in masks:
         cap = capacity_of(budget, m.shape[1])
@@ -91,8 +86,9 @@ def belady_replay(masks: Sequence[np.ndarray], budget: float, warmup: int = 0):
 
 
 def budget_sweep(masks: np.ndarray, budgets, policies=POLICIES, warmup: int = 0, **kw):
-    """Hit rate per policy against the budget on one layer ``masks [T, U]``: ``{name: [B]}``,
-    Belady's included under ``"Belady"``."""
+    """Hit rate per policy against the budget on one layer ``masks [T, U]``:
+    ``{label: [B]}`` (:func:`~pi2lab.policies.registry.policy_label`), Belady's included under
+    ``"Belady"``."""
     out = {}
     for name in [*policies, "Belady"]:
         curve = []
@@ -101,10 +97,10 @@ def budget_sweep(masks: np.ndarray, budgets, policies=POLICIES, warmup: int = 0,
             pol = (
                 Belady.from_masks(masks)
                 if name == "Belady"
-                else make_policy(name, masks.shape[1], cap, **kw)
+                else policy_factory(name, **kw)(masks.shape[1], cap)
             )
             curve.append(simulate(pol, masks, cap, warmup).hit_rate)
-        out[name] = np.array(curve)
+        out[name if name == "Belady" else policy_label(name)] = np.array(curve)
     return out
 
 
@@ -215,7 +211,11 @@ class CacheExplorer:
         self.budget = widgets.FloatSlider(
             value=budget, min=0.05, max=0.95, step=0.05, description="budget", **slider
         )
-        self.policy = widgets.Dropdown(options=POLICIES, value="Segmented", description="policy")
+        self.policy = widgets.Dropdown(
+            options=[(policy_label(n), n) for n in POLICIES],
+            value="segmented",
+            description="policy",
+        )
         self.segmented = widgets.Checkbox(value=True, description="segmentation (off: LRU)")
         self.hot_fraction = widgets.FloatSlider(
             value=0.5, min=0.0, max=1.0, step=0.1, description="hot fraction", **slider
@@ -231,8 +231,7 @@ class CacheExplorer:
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Hit rate ``[L]`` and units read per token ``[L]`` for the current controls."""
-        factory = functools.partial(
-            make_policy,
+        factory = policy_factory(
             self.policy.value,
             hot_fraction=self.hot_fraction.value,
             segmented=self.segmented.value,
@@ -247,11 +246,11 @@ class CacheExplorer:
         return self._bound[b]
 
     def label(self) -> str:
-        if self.policy.value == "Segmented":
+        if self.policy.value == "segmented":
             if not self.segmented.value:
                 return "LRU (segmentation off)"
-            return f"Segmented (hot {self.hot_fraction.value:.0%})"
-        return self.policy.value
+            return policy_label(f"segmented-{self.hot_fraction.value:g}")
+        return policy_label(self.policy.value)
 
     def _data(self):
         (rate, reads), (b_rate, b_reads) = self.result(), self.bound()
@@ -262,7 +261,7 @@ class CacheExplorer:
         return f"{self.label()} at a {self.budget.value:.0%} budget ({REPLAYED})"
 
     def _sync_controls(self) -> None:
-        seg = self.policy.value == "Segmented"
+        seg = self.policy.value == "segmented"
         self.segmented.disabled = not seg
         self.hot_fraction.disabled = not (seg and self.segmented.value)
         self.figure.layout.title = self._title()

@@ -21,10 +21,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from pi2lab.budget import MemoryBudget
+from pi2lab.engine.offload import OffloadConfig
 from pi2lab.plan.cost import ModelStats
 from pi2lab.plan.hardware import BUILTIN_PROFILES, HardwareProfile, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
+from pi2lab.plan.simulator import shape_minimum, simulate_decode
 
 THIS_MACHINE = "this-machine"
 TERM_COLORS = {
@@ -40,11 +43,6 @@ _MiB = 1 << 20
 # -- budgets and plans ------------------------------------------------------------------------
 
 
-def ffn_bytes(stats: ModelStats) -> int:
-    """Cache bytes that hold every unit of every FFN (``sum_l U_l * b_l``)."""
-    return sum(layer.units * layer.unit_bytes for layer in stats.layers)
-
-
 def resident_minimum(stats: ModelStats) -> int:
     """Bytes every plan holds before its cache: resident tensors, KV cache, staging rows."""
     return stats.fixed_bytes + stats.staging_bytes
@@ -52,7 +50,7 @@ def resident_minimum(stats: ModelStats) -> int:
 
 def budget_bytes(stats: ModelStats, share: float) -> int:
     """Total memory budget: the resident minimum plus ``share`` of the FFN bytes."""
-    return resident_minimum(stats) + int(share * ffn_bytes(stats))
+    return MemoryBudget.share(share).total(resident_minimum(stats), stats.ffn_bytes)
 
 
 def plan_bytes(stats: ModelStats, chosen: ExecutionPlan) -> int:
@@ -64,7 +62,7 @@ def plan_bytes(stats: ModelStats, chosen: ExecutionPlan) -> int:
 
 def plan_at(stats: ModelStats, profile: HardwareProfile, share: float, **kw) -> ExecutionPlan:
     """The planner's plan at a budget of ``share`` of the FFN bytes (plus the minimum)."""
-    return plan(stats, profile, budget_bytes(stats, share), **kw)
+    return plan(stats, profile, MemoryBudget.share(share), **kw)
 
 
 def budget_sweep(stats: ModelStats, profile: HardwareProfile, shares, **kw) -> list:
@@ -76,18 +74,14 @@ def shape_budget(shape: ModelShape, share: float, *, kv_capacity: int = 1024) ->
     """Total budget for a phone-scale shape as :func:`pi2lab.plan.simulator.simulate_decode`
     counts it (``powerinfer2``'s pipeline): resident bytes and KV, staging rows, then
     ``share`` of every FFN's cache slots (4 KiB-padded strides, so 1.0 caches every unit)."""
-    from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
-
-    depth = OffloadConfig(engine="powerinfer2").pipeline_config().depth
-    staging = max(depth, -(-STREAM_BYTES // shape.stride)) * shape.stride
+    pipeline = OffloadConfig(engine="powerinfer2").pipeline_config()
+    fixed, rows = shape_minimum(shape, pipeline, kv_capacity)
     slots = shape.num_ffns * shape.units * shape.stride
-    return shape.resident_bytes(kv_capacity) + staging + int(share * slots)
+    return MemoryBudget.share(share).total(fixed + rows * shape.stride, slots)
 
 
 def simulate_at(shape: ModelShape, profile: HardwareProfile, share: float, tokens: int = 16):
     """Simulated ``powerinfer2`` decode of ``shape`` on ``profile`` at :func:`shape_budget`."""
-    from pi2lab.plan.simulator import simulate_decode
-
     return simulate_decode(
         shape,
         profile,

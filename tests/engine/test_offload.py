@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
+from pi2lab.budget import MemoryBudget
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sparse import SparseDecoder, SparsePlan
 from pi2lab.errors import BudgetError, ConfigError, StorageError
@@ -116,13 +117,13 @@ def test_memory_stays_within_a_byte_budget(flash):
     with OffloadEngine(path, OffloadConfig(memory_budget=0.5)) as eng:
         minimum = eng.fixed_bytes + eng.staging.rows.nbytes
     for budget in (minimum, minimum + 10 * 4096, minimum + 10**6):
-        with OffloadEngine(path, OffloadConfig(memory_budget=budget)) as eng:
+        with OffloadEngine(path, OffloadConfig(memory_budget=MemoryBudget.bytes(budget))) as eng:
             assert eng.memory_bytes <= budget
             pl.generate(eng, PROMPT, max_new_tokens=4, engine="powerinfer2")
             for store in eng.stores:
                 store.cache.check()
     with pytest.raises(BudgetError, match=f"minimum {minimum} bytes"):
-        OffloadEngine(path, OffloadConfig(memory_budget=minimum - 1))
+        OffloadEngine(path, OffloadConfig(memory_budget=MemoryBudget.bytes(minimum - 1)))
 
 
 def test_timeline_and_stats_describe_the_token(flash):
@@ -166,7 +167,7 @@ def test_bad_settings_are_refused(flash):
     _, _, path = flash
     with pytest.raises(ConfigError, match="engine 'vllm'"):
         OffloadConfig(engine="vllm")
-    with pytest.raises(ConfigError, match="FFN share"):
+    with pytest.raises(ConfigError, match="share of the FFN bytes"):
         OffloadConfig(memory_budget=1.5)
     with pytest.raises(ConfigError, match="multiples of the layout's unit"):
         OffloadEngine(path, plan=SparsePlan.uniform(CONFIGS["drelu"], hot=2, cluster_size=2))
@@ -227,4 +228,6 @@ def test_layer_units_set_each_cache(flash):
     with OffloadEngine(path, OffloadConfig(memory_budget=0.5)) as eng:
         minimum = eng.fixed_bytes + eng.staging.rows.nbytes
     with pytest.raises(BudgetError, match="neuron cache 12288"):
-        OffloadEngine(path, OffloadConfig(memory_budget=minimum, layer_units=(1, 1, 1)))
+        OffloadEngine(
+            path, OffloadConfig(memory_budget=MemoryBudget.bytes(minimum), layer_units=(1, 1, 1))
+        )

@@ -93,7 +93,7 @@ def test_milp_matches_brute_force_and_respects_the_budget():
 def test_budget_errors_name_the_minimum_and_the_binding_constraint():
     s = stats(layer())
     minimum = s.fixed_bytes + s.staging_bytes
-    with pytest.raises(BudgetError, match=f"resident minimum {minimum} bytes"):
+    with pytest.raises(BudgetError, match=f"minimum {minimum} bytes"):
         plan(s, PROFILE, minimum - 1)
     with pytest.raises(BudgetError, match="the memory budget binds"):
         plan(s, PROFILE, minimum + 4096, min_tokens_per_s=1e9)

@@ -108,10 +108,10 @@ def test_cache_explorer_redraws_on_controls():
     assert not np.array_equal(before, after)
     # Belady stays at or above the policy on every layer
     assert np.all(np.array(app.figure.data[1].y) >= after - 1e-12)
-    app.policy.value = "StaticHot"
+    app.policy.value = "static-hot"
     assert app.figure.data[0].name == "StaticHot"
     assert app.hot_fraction.disabled and app.segmented.disabled
-    app.policy.value = "Segmented"
+    app.policy.value = "segmented"
     app.segmented.value = False
     assert app.figure.data[0].name.startswith("LRU")
     assert not app.errors.outputs

@@ -130,7 +130,7 @@ def test_speed_vs_budget_line_and_measured_markers():
 
 def test_budgets_and_plans_respect_the_budget_and_grow_with_it():
     s, prof = stats(), profile()
-    assert vp.ffn_bytes(s) == (40 + 24 + 56) * 8192
+    assert s.ffn_bytes == (40 + 24 + 56) * 8192
     assert vp.resident_minimum(s) == 1_000_000 + 64 * 8192
     assert vp.budget_bytes(s, 0.5) == vp.resident_minimum(s) + 60 * 8192
     shares = np.linspace(0, 1, 5)

@@ -1,0 +1,157 @@
+"""The device the simulator runs the engine's pipeline on: read servers on a virtual clock and
+the cost of compute (every figure simulated).
+
+:class:`VirtualFfn` is a :class:`~pi2lab.pipeline.scheduler.Backend`: the engine's ordering
+rules (:func:`~pi2lab.pipeline.scheduler.run_ffn`) decide what is read and computed when, and
+this module only says how long each step takes on a :class:`~pi2lab.plan.hardware.HardwareProfile`:
+
+- reads: ``servers`` FIFO servers; a submit is coalesced by the I/O engine's own rule
+  (:func:`~pi2lab.storage.io.coalesce`), each read keeps one server busy for its 4 KiB-aligned
+  span at the profile's rate for that block size, and reads complete in (end, submit) order;
+- compute: a whole unit costs ``unit`` seconds, a gate-first gate row ``gate``, its up and down
+  rows the rest, an unbundled row a third; each unit read adds ``per_read`` of host time;
+- gate-first: a gate fires with probability ``fire_rate``, drawn from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+import numpy as np
+
+from pi2lab.pipeline.timeline import Event
+from pi2lab.storage.io import ALIGN, coalesce
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Costs:
+    """Per-FFN constants of the device model (seconds, bytes).
+
+    Attributes:
+      unit: Compute one whole unit.
+      gate: Compute one gate row (gate-first).
+      spans: :func:`~pi2lab.pipeline.scheduler.phase_spans` of the FFN's file.
+      servers: I/O threads (FIFO read servers).
+      coalesce: Merge adjacent requests of one submit.
+      read_rate: ``io_bytes -> seconds`` one server is busy.
+      per_read: Host time on the compute thread per unit read.
+    """
+
+    unit: float
+    gate: float
+    spans: tuple
+    servers: int
+    coalesce: bool
+    read_rate: object
+    per_read: float = 0.0
+
+    def compute(self, phase: int) -> float:
+        """Seconds to compute what arrived in ``phase`` (phases as
+        :data:`~pi2lab.pipeline.scheduler.Unit`)."""
+        if phase == 0:
+            return self.unit
+        if phase == 1:
+            return self.gate
+        return self.unit - self.gate if phase == 2 else self.unit / 3
+
+
+class VirtualFfn:
+    """One FFN on the virtual clock; :meth:`start` begins a token at time 0.
+
+    After a token: :attr:`now` its seconds, :attr:`wait` and :attr:`busy` the seconds the
+    compute thread waited and computed, :attr:`nbytes` the bytes read (aligned spans);
+    ``record`` (a list) receives the token's events and ``log`` every read issued as
+    ``(file, offset, nbytes, units)``.
+    """
+
+    def __init__(self, costs: Costs, fire_rate: float, rng, file: int = 0):
+        self.c, self.fire_rate, self.rng, self.file = costs, fire_rate, rng, file
+        self.log: list | None = None
+        self.start(0, None)
+
+    def start(self, layer: int, record: list | None) -> None:
+        self.layer, self.record = layer, record
+        self.now = self.wait = self.busy = 0.0
+        self.nbytes = 0
+        self.free_at = [0.0] * self.c.servers
+        self.heap: list = []
+        self.seq = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self.heap)
+
+    def _span(self, stage: str, dur: float, units: int) -> None:
+        start = self.now
+        self.now += dur
+        if stage == "compute":
+            self.busy += dur
+        else:
+            self.wait += dur
+        if self.record is not None:
+            self.record.append(
+                Event(
+                    stage=stage,
+                    layer=self.layer,
+                    start=start,
+                    end=self.now,
+                    thread="compute",
+                    units=units,
+                )
+            )
+
+    def submit(self, batch) -> None:
+        c = self.c
+        step, base, size = c.spans
+        arr = np.array(batch, np.int64).reshape(-1, 3)  # [N, 3] (unit, slot, phase)
+        off = arr[:, 0] * step[arr[:, 2]] + base[arr[:, 2]]
+        length = size[arr[:, 2]]
+        groups = coalesce(np.zeros(len(arr), np.int64), off, length, merge=c.coalesce)
+        off, length, rows = off.tolist(), length.tolist(), [tuple(r) for r in arr.tolist()]
+        for idx in groups:
+            idx = idx.tolist()
+            lo = off[idx[0]] // ALIGN * ALIGN
+            hi = -(-(off[idx[-1]] + length[idx[-1]]) // ALIGN) * ALIGN
+            dur = c.read_rate(hi - lo)
+            k = min(range(c.servers), key=self.free_at.__getitem__) if c.servers > 1 else 0
+            begin = max(self.now, self.free_at[k])
+            self.free_at[k] = done = begin + dur
+            self.nbytes += hi - lo
+            units = [rows[i] for i in idx]
+            heapq.heappush(self.heap, (done, self.seq, units))
+            self.seq += 1
+            if self.log is not None:
+                self.log.append((self.file, off[idx[0]], sum(length[i] for i in idx), len(idx)))
+            if self.record is not None:
+                self.record.append(
+                    Event(
+                        stage="read",
+                        layer=self.layer,
+                        start=begin,
+                        end=done,
+                        thread=f"io{k}",
+                        units=len(units),
+                        nbytes=hi - lo,
+                    )
+                )
+
+    def take(self, at_least: int) -> list:
+        got = []
+        while self.heap:
+            if self.heap[0][0] > self.now:
+                if len(got) >= at_least:
+                    break
+                self._span("wait", self.heap[0][0] - self.now, 0)
+            got.extend(heapq.heappop(self.heap)[2])
+        return got
+
+    def resident(self, rows, units: np.ndarray) -> None:
+        self._span("compute", units.size * self.c.unit, units.size)
+
+    def arrived(self, gates, ready, count: int) -> np.ndarray:
+        c = self.c
+        fires = self.rng.random(len(gates)) < self.fire_rate
+        dur = len(gates) * c.gate + sum(c.compute(phase) for _, _, phase in ready)
+        self._span("compute", dur + count * c.per_read, count)
+        return fires
