@@ -219,7 +219,8 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from pi2lab.storage.layout import convert_pretrained, open_layout
+    from pi2lab.convert import convert_pretrained
+    from pi2lab.storage.layout import open_layout
 
     out = convert_pretrained(
         args.model,

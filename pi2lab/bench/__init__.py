@@ -17,7 +17,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.engine.decode import decode_step
 from pi2lab.engine.prefill import bucket, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.state import KVCache
+from pi2lab.model.kv_cache import KVCache
 
 
 def machine() -> dict:

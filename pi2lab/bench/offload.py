@@ -30,17 +30,20 @@ from pi2lab.bench import machine
 from pi2lab.bench.sparse import synthetic_config
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
+from pi2lab.convert import convert, convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
-from pi2lab.engine.state import KVCache
+from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import StorageError
+from pi2lab.kernels.sparse_ffn import sparse_layout
+from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.pretrained import data_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import LFU, LRU, Belady, Segmented, StaticHot, Window
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
-from pi2lab.storage.layout import FFN_KEYS, convert, convert_pretrained, open_layout
+from pi2lab.storage.layout import FFN_KEYS, open_layout
 
 ENGINE_RUNS = {  # name -> settings
     "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
@@ -205,7 +208,7 @@ def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) 
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     cache = KVCache.zeros(cfg, 512)
     token, seconds = jnp.int32(1), []
-    params = plan.layout(params)
+    params = sparse_layout(params, plan)
     for t, m in enumerate(masks):
         preds = [{"clusters": jnp.asarray(x)} for x in m]
         t0 = time.perf_counter()

@@ -29,8 +29,10 @@ from pi2lab.bench.dense import decode_weight_bytes
 from pi2lab.bench.sparse import _interleaved, synthetic_config, synthetic_masks
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
+from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import MissingExtraError
+from pi2lab.kernels.sparse_ffn import sparse_layout
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.gguf import gguf_module, write_gguf
 from pi2lab.model.params import init_params
 
@@ -122,7 +124,7 @@ def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0):
     plan = SparsePlan.from_frequency(
         np.broadcast_to(freq, (cfg.num_layers, freq.size)), cluster_size=1
     )
-    params = plan.layout(params)
+    params = sparse_layout(params, plan)
     hot = plan.layers[0].hot
     masks = [jnp.asarray(m[hot:]) for m in neurons[1024:]]
     key, knobs, thr = jax.random.key(0), SamplingKnobs.make(), jnp.float32(0)

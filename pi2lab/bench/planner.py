@@ -27,6 +27,7 @@ from pi2lab.bench.offload import (
     synthetic_model,
     units_from_clusters,
 )
+from pi2lab.convert import convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.pipeline.scheduler import PipelineConfig
@@ -36,7 +37,7 @@ from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.stats import default_prompts, layout_stats, record_requests
 from pi2lab.policies import StaticHot
-from pi2lab.storage.layout import convert_pretrained, open_layout
+from pi2lab.storage.layout import open_layout
 
 GRID_BUDGETS = (0.3, 0.5, 0.7)
 GRID_PIPES = (

@@ -15,8 +15,8 @@ from pi2lab.engine.decode import decode_step, sample_first
 from pi2lab.engine.prefill import bucket, check_tokens, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder
-from pi2lab.engine.state import KVCache
 from pi2lab.errors import PromptError
+from pi2lab.model.kv_cache import KVCache
 
 MIN_CAPACITY = 128
 

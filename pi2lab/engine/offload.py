@@ -35,16 +35,16 @@ import tokenizers
 from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.engine.prefill import bucket, check_tokens
 from pi2lab.engine.sampling import SamplingKnobs, sample
-from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import BudgetError, ConfigError
-from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
+from pi2lab.kernels.predictor import scores
+from pi2lab.kernels.sparse_ffn import cluster_activity
+from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model import layers
 from pi2lab.model.pretrained import Model
 from pi2lab.model.transformer import attention_block
 from pi2lab.pipeline.scheduler import Buffers, FfnStore, PipelineConfig, Scheduler
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.policies import LRU, Policy, Segmented, StaticHot, Window
-from pi2lab.predict.predictor import scores
 from pi2lab.storage.io import IOEngine, ReadRequest
 from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
 

@@ -69,8 +69,8 @@ import numpy as np
 from pi2lab.cache import NeuronCache
 from pi2lab.config import ModelConfig
 from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
-from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import BudgetError, ConfigError
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import CHUNK, RUN, PipelineConfig
 from pi2lab.pipeline.timeline import Event, Timeline
 from pi2lab.plan.hardware import HardwareProfile
