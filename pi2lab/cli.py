@@ -179,7 +179,7 @@ def _cmd_fidelity(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from pi2lab.info import model_info
+    from pi2lab.model.info import model_info
 
     summary = model_info(args.model)
     if args.kernels:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file beside the target, renamed into place on success."""
+"""File helpers: atomic writes (a temporary file beside the target, renamed into place on
+success) and the directory where measured reads find their files."""
 
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def bench_dir() -> Path:
+    """Where benchmark layouts and storage test files are kept (``PI2LAB_BENCH_DIR``
+    overrides); it must be on a filesystem that supports ``O_DIRECT`` for the figures to bypass
+    the page cache."""
+    return Path(os.environ.get("PI2LAB_BENCH_DIR", Path.home() / ".cache" / "pi2lab" / "bench"))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import decode_rate, dense_step, machine
+from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.bench.dense import decode_weight_bytes
 from pi2lab.bench.sparse import _interleaved, synthetic_config, synthetic_masks
 from pi2lab.config import ModelConfig
@@ -35,6 +35,7 @@ from pi2lab.kernels.sparse_ffn import sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.gguf import gguf_module, write_gguf
 from pi2lab.model.params import init_params
+from pi2lab.model.pretrained import load_config, resolve
 
 QUANTS = ("F16", "Q8_0", "Q4_0")
 
@@ -217,8 +218,6 @@ def bench_peer(*, quick: bool = False, steps: int | None = None, layers: int | N
     steps = steps or (8 if quick else 32)
     repeats = 2 if quick else 3
     layers = layers or (1 if quick else 4)
-    from pi2lab.model.pretrained import load_config, resolve
-
     bundled = load_config(resolve("builtin"))
     models = {
         "llama-7b-shape": synthetic_config(

@@ -20,18 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import machine
-from pi2lab.bench.offload import (
-    bench_dir,
-    replay_masks,
-    synthetic_model,
-    units_from_clusters,
-)
+from pi2lab.bench.common import machine
+from pi2lab.bench.offload import replay_masks, synthetic_model, units_from_clusters
 from pi2lab.convert import convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.fileio import bench_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, calibrate_reads, token_seconds
+from pi2lab.plan.hardware import measure as measure_hw
+from pi2lab.plan.hardware import resolve_profile
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
@@ -192,9 +190,6 @@ def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
 def bench_planner(
     quick: bool = False, steps: int | None = None, layers: int | None = None, profile=None
 ) -> dict:
-    from pi2lab.plan.hardware import measure as measure_hw
-    from pi2lab.plan.hardware import resolve_profile
-
     tokens = steps or (6 if quick else 16)
     hw = resolve_profile(profile) if profile else measure_hw(quick=quick)
     result = {"bench": "planner", "machine": machine(), "profile": hw.to_json()}

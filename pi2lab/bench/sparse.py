@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import decode_rate, dense_step, machine
+from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
@@ -37,10 +37,20 @@ from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.layers import ffn_activation, rms_norm
 from pi2lab.model.params import init_params, merge_ffn, split_ffn
+from pi2lab.model.pretrained import data_dir
 from pi2lab.model.transformer import forward
-from pi2lab.predict.placement import cluster_stats, coactivation_order
+from pi2lab.predict.fidelity import fidelity, sparse_logits
+from pi2lab.predict.placement import (
+    cluster_stats,
+    coactivation_order,
+    coactivation_orders,
+    permute_predictors,
+)
+from pi2lab.predict.profile import ActivationTrace, profile
 from pi2lab.predict.reorder import permute_params
+from pi2lab.predict.sparsify import load_sparse
 from pi2lab.predict.synthetic import CoactivationModel, independent_masks, zipf_frequency
+from pi2lab.train.corpus import corpus_tokens
 
 CLUSTER_SIZES = (1, 4, 16, 64, 128)
 
@@ -71,9 +81,6 @@ def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336, **overri
 def fitted_activation_model(layer: int = 3) -> CoactivationModel:
     """The co-activation structure fitted to the bundled model's recorded trace (one layer's
     cold neurons, 16-neuron clusters), for 7B-shaped masks."""
-    from pi2lab.model.pretrained import data_dir
-    from pi2lab.predict.profile import ActivationTrace
-
     trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
     masks = trace.active(layer)
     masks = masks[:, np.argsort(-masks.mean(0), kind="stable")]
@@ -347,14 +354,6 @@ def bench_bundled(
     (16-neuron clusters, frequency order); the same clusters with cold neurons regrouped by
     co-activation fitted on ``fit_tokens`` training tokens (predictors permuted alike, not
     retrained); and one-neuron clusters (every predicted neuron, no other)."""
-    import dataclasses
-
-    from pi2lab.predict.fidelity import fidelity, sparse_logits
-    from pi2lab.predict.placement import coactivation_orders, permute_predictors
-    from pi2lab.predict.profile import profile
-    from pi2lab.predict.sparsify import load_sparse
-    from pi2lab.train.corpus import corpus_tokens
-
     model, sparse = load_sparse("builtin", threshold=threshold)
     cfg = model.config
     trace = profile(model, corpus_tokens(model, "train", fit_tokens))

@@ -41,7 +41,7 @@ import numpy as np
 import threadpoolctl
 
 from pi2lab.errors import ConfigError, StorageError
-from pi2lab.fileio import atomic_file
+from pi2lab.fileio import atomic_file, bench_dir
 from pi2lab.pipeline.scheduler import activation
 from pi2lab.storage.io import IOEngine, ReadRequest, aligned_empty, measure_bandwidth
 
@@ -208,7 +208,7 @@ def measure(
 
     Args:
       storage_file: file to read for the storage figures, at least 4 MiB; by default a
-        temporary file (1 GiB; quick: 64 MiB) written under ``pi2lab.bench.offload.bench_dir()``
+        temporary file (1 GiB; quick: 64 MiB) written under ``pi2lab.fileio.bench_dir()``
         and deleted afterwards.
       quick: smaller arrays, files and fewer repeats (smoke runs; noisier figures).
       threads: thread counts of the random-read curve.
@@ -216,9 +216,6 @@ def measure(
     Raises:
       StorageError: the storage file is missing, too small, or a read fails.
     """
-    # heavy module (engines, layouts), imported here so the planner's import stays light
-    from pi2lab.bench.offload import bench_dir
-
     today = datetime.date.today().isoformat()
     tag = f"measured by pi2lab profile-hw{' --quick' if quick else ''}, {today}"
     runs = 5 if quick else 7

@@ -21,10 +21,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from pi2lab.bench.planner import measure
+from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
 from pi2lab.plan.cost import ModelStats
 from pi2lab.plan.hardware import BUILTIN_PROFILES, HardwareProfile, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
+from pi2lab.plan.simulator import simulate_decode
 
 THIS_MACHINE = "this-machine"
 TERM_COLORS = {
@@ -76,8 +79,6 @@ def shape_budget(shape: ModelShape, share: float, *, kv_capacity: int = 1024) ->
     """Total budget for a phone-scale shape as :func:`pi2lab.plan.simulator.simulate_decode`
     counts it (``powerinfer2``'s pipeline): resident bytes and KV, staging rows, then
     ``share`` of every FFN's cache slots (4 KiB-padded strides, so 1.0 caches every unit)."""
-    from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
-
     depth = OffloadConfig(engine="powerinfer2").pipeline_config().depth
     staging = max(depth, -(-STREAM_BYTES // shape.stride)) * shape.stride
     slots = shape.num_ffns * shape.units * shape.stride
@@ -86,8 +87,6 @@ def shape_budget(shape: ModelShape, share: float, *, kv_capacity: int = 1024) ->
 
 def simulate_at(shape: ModelShape, profile: HardwareProfile, share: float, tokens: int = 16):
     """Simulated ``powerinfer2`` decode of ``shape`` on ``profile`` at :func:`shape_budget`."""
-    from pi2lab.plan.simulator import simulate_decode
-
     return simulate_decode(
         shape,
         profile,
@@ -100,7 +99,6 @@ def simulate_at(shape: ModelShape, profile: HardwareProfile, share: float, token
 def engine_measure(layout, tokens: int, prompts) -> Callable[[ExecutionPlan], float]:
     """A callable that runs a plan on the real offload engine and returns measured tokens/s
     (:func:`pi2lab.bench.planner.measure`: median after a warm-up prompt)."""
-    from pi2lab.bench.planner import measure
 
     def run(chosen: ExecutionPlan) -> float:
         return 1.0 / measure(layout, chosen.offload_config(), tokens, prompts=list(prompts))

@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import pi2lab as pl
 from pi2lab.convert import convert
@@ -116,7 +119,20 @@ def test_interrupted_convert_leaves_no_layout(params, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fl.safetensors.numpy, "save_file", boom)
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
         convert(CFG, params, tmp_path / "flash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_a_layout_imports_no_jax(params, tmp_path):
+    out = convert(CFG, params, tmp_path / "flash", dtype="int8", group_size=16, cluster_size=4)
+    code = (
+        "import sys\n"
+        "from pi2lab.storage.layout import verify\n"
+        f"params = verify({str(out)!r}).full_params()\n"
+        f"assert len(params['layers']) == {CFG.num_layers}\n"
+        "assert 'jax' not in sys.modules, 'reading a flash layout imported jax'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
