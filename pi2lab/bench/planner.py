@@ -28,8 +28,8 @@ from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.fileio import bench_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, calibrate_reads, token_seconds
-from pi2lab.plan.hardware import measure as measure_hw
-from pi2lab.plan.hardware import resolve_profile
+from pi2lab.plan.measure import measure as measure_hw
+from pi2lab.plan.phones import resolve_profile
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode

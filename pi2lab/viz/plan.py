@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from pi2lab.plan.reproduce import ENGINES
+from pi2lab.plan.paper import ENGINES
 
 SIM_COLOR, PAPER_COLOR = "#4c78a8", "#f58518"
 ENGINE_COLORS = {"powerinfer2": "#4c78a8", "llmflash": "#54a24b", "llama.cpp-mmap": "#e45756"}

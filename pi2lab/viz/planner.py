@@ -24,7 +24,8 @@ from plotly.subplots import make_subplots
 from pi2lab.bench.planner import measure
 from pi2lab.engine.offload import STREAM_BYTES, OffloadConfig
 from pi2lab.plan.cost import ModelStats
-from pi2lab.plan.hardware import BUILTIN_PROFILES, HardwareProfile, builtin
+from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import simulate_decode
