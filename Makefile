@@ -37,6 +37,7 @@ test: $(VENV)/.dev lint
 lint: $(VENV)/.dev
 	$(BIN)/ruff check pi2lab tests
 	$(BIN)/ruff format --check pi2lab tests
+	$(BIN)/lint-imports
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix pi2lab tests

@@ -1,35 +1,48 @@
 """pi2lab: reproduce and extend PowerInfer-2 (sparse, offloaded LLM decoding) on JAX.
 
-``import pi2lab as pl``; ``model = pl.load_pretrained("builtin")``; ``model.generate("...")``.
+``import pi2lab as pl``; ``model = pl.load_pretrained("builtin")``;
+``pl.generate(model, "...")``.
+
+The names below are imported on first use, so that importing a part that needs no JAX (the
+flash layout reader, the CLI's argument parser) does not import JAX through this package.
 """
 
-from pi2lab.config import ModelConfig, RopeScaling
-from pi2lab.engine.generate import GenerationResult, generate
-from pi2lab.engine.prefill import dense_logits, ffn_activations
-from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.state import KVCache
-from pi2lab.errors import CheckpointError, ConfigError, Pi2labError, PromptError, TrainingError
-from pi2lab.model.params import init_params
-from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
-from pi2lab.predict.profile import activation_sparsity
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "GenerationResult",
-    "KVCache",
-    "Model",
-    "ModelConfig",
-    "Pi2labError",
-    "PromptError",
-    "RopeScaling",
-    "SamplingKnobs",
-    "TrainingError",
-    "activation_sparsity",
-    "dense_logits",
-    "ffn_activations",
-    "generate",
-    "init_params",
-    "load_pretrained",
-    "save_pretrained",
-]
+import importlib
+
+_NAMES = {
+    "CheckpointError": "pi2lab.errors",
+    "ConfigError": "pi2lab.errors",
+    "GenerationResult": "pi2lab.engine.generate",
+    "KVCache": "pi2lab.model.kv_cache",
+    "Model": "pi2lab.model.pretrained",
+    "ModelConfig": "pi2lab.config",
+    "Pi2labError": "pi2lab.errors",
+    "PromptError": "pi2lab.errors",
+    "RopeScaling": "pi2lab.config",
+    "SamplingKnobs": "pi2lab.engine.sampling",
+    "TrainingError": "pi2lab.errors",
+    "activation_sparsity": "pi2lab.predict.profile",
+    "dense_logits": "pi2lab.engine.prefill",
+    "ffn_activations": "pi2lab.engine.prefill",
+    "generate": "pi2lab.engine.generate",
+    "init_params": "pi2lab.model.params",
+    "load_pretrained": "pi2lab.model.pretrained",
+    "save_pretrained": "pi2lab.model.pretrained",
+}
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'pi2lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES})
+
+
+__all__ = sorted(_NAMES)

@@ -177,7 +177,7 @@ def _cmd_fidelity(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from pi2lab.info import model_info
+    from pi2lab.model.info import model_info
 
     summary = model_info(args.model)
     if args.kernels:
@@ -217,7 +217,8 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from pi2lab.storage.layout import convert_pretrained, open_layout
+    from pi2lab.convert import convert_pretrained
+    from pi2lab.storage.layout import open_layout
 
     out = convert_pretrained(
         args.model,
@@ -255,7 +256,8 @@ def _print_layout(layout, as_json: bool) -> None:
 
 def _cmd_plan(args) -> int:
     from pi2lab.plan.cost import PlanChoice, calibrate
-    from pi2lab.plan.hardware import measure, resolve_profile
+    from pi2lab.plan.measure import measure
+    from pi2lab.plan.phones import resolve_profile
     from pi2lab.plan.planner import plan
     from pi2lab.plan.stats import default_prompts, layout_stats, record_requests
     from pi2lab.storage.layout import open_layout
@@ -283,7 +285,9 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_profile_hw(args) -> int:
-    from pi2lab.plan.hardware import format_profile, measure, resolve_profile
+    from pi2lab.plan.hardware import format_profile
+    from pi2lab.plan.measure import measure
+    from pi2lab.plan.phones import resolve_profile
 
     if args.show:
         profile = resolve_profile(args.show)
@@ -298,7 +302,8 @@ def _cmd_profile_hw(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from pi2lab.plan.reproduce import format_reproduction, reproduce
+    from pi2lab.plan.reproduce import reproduce
+    from pi2lab.plan.tables import format_reproduction
 
     result = reproduce(quick=args.quick, tokens=args.tokens)
     print(json.dumps(result) if args.json else format_reproduction(result))
@@ -306,7 +311,7 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_simulate(args) -> int:
-    from pi2lab.plan.hardware import resolve_profile
+    from pi2lab.plan.phones import resolve_profile
     from pi2lab.plan.shapes import get_shape
     from pi2lab.plan.simulator import simulate_decode
 

@@ -1,5 +1,6 @@
-"""Atomic writes: a temporary file or directory beside the target, renamed into place on
-success and removed on failure."""
+"""File helpers: atomic writes (a temporary file or directory beside the target, renamed into
+place on success and removed on failure) and the directory where measured reads find their
+files."""
 
 from __future__ import annotations
 
@@ -57,3 +58,10 @@ def atomic_dir(path: str | os.PathLike, *, merge: bool = False) -> Iterator[Path
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_dir() -> Path:
+    """Where benchmark layouts and storage test files are kept (``PI2LAB_BENCH_DIR``
+    overrides); it must be on a filesystem that supports ``O_DIRECT`` for the figures to bypass
+    the page cache."""
+    return Path(os.environ.get("PI2LAB_BENCH_DIR", Path.home() / ".cache" / "pi2lab" / "bench"))

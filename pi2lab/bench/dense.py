@@ -8,9 +8,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from pi2lab.bench import decode_rate, dense_step, machine
+from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
 from pi2lab.model.params import init_params
+from pi2lab.model.pretrained import load_pretrained
 
 
 def decode_weight_bytes(params: dict, cfg: ModelConfig) -> int:
@@ -47,8 +48,6 @@ def time_decode(
 def bench_dense(
     *, quick: bool = False, steps: int | None = None, layers: int | None = None
 ) -> dict:
-    from pi2lab.model.pretrained import load_pretrained
-
     steps = steps or (8 if quick else 64)
     layers = layers or (2 if quick else 4)
     model = load_pretrained("builtin")

@@ -17,7 +17,6 @@ and the storage bandwidth curve of the file the bundles are read from.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,22 +25,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import machine
+from pi2lab.bench.common import machine
 from pi2lab.bench.sparse import synthetic_config
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
+from pi2lab.convert import convert, convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
-from pi2lab.engine.state import KVCache
+from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import StorageError
-from pi2lab.model.pretrained import data_dir
+from pi2lab.fileio import bench_dir
+from pi2lab.kernels.sparse_ffn import sparse_layout
+from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.model.kv_cache import KVCache
+from pi2lab.model.pretrained import data_dir, load_pretrained
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import Belady
 from pi2lab.policies.registry import make_policy
+from pi2lab.predict.profile import ActivationTrace
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
-from pi2lab.storage.layout import FFN_KEYS, convert, convert_pretrained, open_layout
+from pi2lab.storage.layout import FFN_KEYS, open_layout
 
 ENGINE_RUNS = {  # name -> settings
     "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
@@ -57,16 +61,10 @@ SYNTHETIC_EXTRA = {  # one neuron per unit: gate-first applies
 }
 
 
-def bench_dir() -> Path:
-    """Where benchmark layouts are kept between runs (``PI2LAB_BENCH_DIR`` overrides); it must
-    be on a filesystem that supports ``O_DIRECT`` for the figures to bypass the page cache."""
-    return Path(os.environ.get("PI2LAB_BENCH_DIR", Path.home() / ".cache" / "pi2lab" / "bench"))
-
-
 def synthetic_model(layers: int, seed: int = 0):
     """``bench sparse``'s synthetic model with a tied LM head, as a flash layout written once
-    under :func:`bench_dir` (shared with ``bench planner``), with its Zipf firing frequency
-    ``[F]`` and sparse plan (one-neuron clusters)."""
+    under :func:`pi2lab.fileio.bench_dir` (shared with ``bench planner``), with its Zipf firing
+    frequency ``[F]`` and sparse plan (one-neuron clusters)."""
     cfg = synthetic_config(layers, tie_word_embeddings=True)
     frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
     plan = SparsePlan.from_frequency(
@@ -204,7 +202,7 @@ def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) 
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     cache = KVCache.zeros(cfg, 512)
     token, seconds = jnp.int32(1), []
-    params = plan.layout(params)
+    params = sparse_layout(params, plan)
     for t, m in enumerate(masks):
         preds = [{"clusters": jnp.asarray(x)} for x in m]
         t0 = time.perf_counter()
@@ -226,11 +224,7 @@ def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) 
 
 
 def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
-    from pi2lab.predict.profile import ActivationTrace
-
     layout = open_layout(convert_pretrained("builtin", workdir / "pydoc-drelu"))
-    from pi2lab.model.pretrained import load_pretrained
-
     prompt = load_pretrained("builtin").encode("Return the number of items in a sequence")
     engines = _run_engines(layout, ENGINE_RUNS, lambda block: None, steps, repeats, prompt)
     trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")

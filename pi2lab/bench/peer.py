@@ -24,15 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import decode_rate, dense_step, machine
+from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.bench.dense import decode_weight_bytes
 from pi2lab.bench.sparse import _interleaved, synthetic_config, synthetic_masks
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
+from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import MissingExtraError
+from pi2lab.kernels.sparse_ffn import sparse_layout
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.gguf import gguf_module, write_gguf
 from pi2lab.model.params import init_params
+from pi2lab.model.pretrained import load_config, resolve
 
 QUANTS = ("F16", "Q8_0", "Q4_0")
 
@@ -122,7 +125,7 @@ def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0):
     plan = SparsePlan.from_frequency(
         np.broadcast_to(freq, (cfg.num_layers, freq.size)), cluster_size=1
     )
-    params = plan.layout(params)
+    params = sparse_layout(params, plan)
     hot = plan.layers[0].hot
     masks = [jnp.asarray(m[hot:]) for m in neurons[1024:]]
     key, knobs, thr = jax.random.key(0), SamplingKnobs.make(), jnp.float32(0)
@@ -215,8 +218,6 @@ def bench_peer(*, quick: bool = False, steps: int | None = None, layers: int | N
     steps = steps or (8 if quick else 32)
     repeats = 2 if quick else 3
     layers = layers or (1 if quick else 4)
-    from pi2lab.model.pretrained import load_config, resolve
-
     bundled = load_config(resolve("builtin"))
     models = {
         "llama-7b-shape": synthetic_config(

@@ -20,23 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import machine
-from pi2lab.bench.offload import (
-    bench_dir,
-    replay_masks,
-    synthetic_model,
-    units_from_clusters,
-)
+from pi2lab.bench.common import machine
+from pi2lab.bench.offload import replay_masks, synthetic_model, units_from_clusters
+from pi2lab.convert import convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.fileio import bench_dir
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, calibrate_reads, token_seconds
+from pi2lab.plan.measure import measure as measure_hw
+from pi2lab.plan.phones import resolve_profile
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.stats import default_prompts, layout_stats, record_requests
 from pi2lab.policies import StaticHot
-from pi2lab.storage.layout import convert_pretrained, open_layout
+from pi2lab.storage.layout import open_layout
 
 GRID_BUDGETS = (0.3, 0.5, 0.7)
 GRID_PIPES = (
@@ -191,9 +190,6 @@ def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
 def bench_planner(
     quick: bool = False, steps: int | None = None, layers: int | None = None, profile=None
 ) -> dict:
-    from pi2lab.plan.hardware import measure as measure_hw
-    from pi2lab.plan.hardware import resolve_profile
-
     tokens = steps or (6 if quick else 16)
     hw = resolve_profile(profile) if profile else measure_hw(quick=quick)
     result = {"bench": "planner", "machine": machine(), "profile": hw.to_json()}

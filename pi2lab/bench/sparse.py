@@ -26,20 +26,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.bench import decode_rate, dense_step, machine
+from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
-from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
-from pi2lab.engine.state import KVCache
+from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.kernels.ffi import kernel_status
-from pi2lab.kernels.sparse_ffn import ClusterPlan, sparse_ffn
+from pi2lab.kernels.predictor import scores
+from pi2lab.kernels.sparse_ffn import sparse_ffn, sparse_layout
+from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
+from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.layers import ffn_activation, rms_norm
 from pi2lab.model.params import init_params, merge_ffn, split_ffn
+from pi2lab.model.pretrained import data_dir
 from pi2lab.model.transformer import forward
-from pi2lab.predict.placement import cluster_stats, coactivation_order
-from pi2lab.predict.predictor import scores
+from pi2lab.predict.fidelity import fidelity, sparse_logits
+from pi2lab.predict.placement import (
+    cluster_stats,
+    coactivation_order,
+    coactivation_orders,
+    permute_predictors,
+)
+from pi2lab.predict.profile import ActivationTrace, profile
 from pi2lab.predict.reorder import permute_params
+from pi2lab.predict.sparsify import load_sparse
 from pi2lab.predict.synthetic import CoactivationModel, independent_masks, zipf_frequency
+from pi2lab.train.corpus import corpus_tokens
 
 CLUSTER_SIZES = (1, 4, 16, 64, 128)
 
@@ -70,9 +81,6 @@ def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336, **overri
 def fitted_activation_model(layer: int = 3) -> CoactivationModel:
     """The co-activation structure fitted to the bundled model's recorded trace (one layer's
     cold neurons, 16-neuron clusters), for 7B-shaped masks."""
-    from pi2lab.model.pretrained import data_dir
-    from pi2lab.predict.profile import ActivationTrace
-
     trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
     masks = trace.active(layer)
     masks = masks[:, np.argsort(-masks.mean(0), kind="stable")]
@@ -346,14 +354,6 @@ def bench_bundled(
     (16-neuron clusters, frequency order); the same clusters with cold neurons regrouped by
     co-activation fitted on ``fit_tokens`` training tokens (predictors permuted alike, not
     retrained); and one-neuron clusters (every predicted neuron, no other)."""
-    import dataclasses
-
-    from pi2lab.predict.fidelity import fidelity, sparse_logits
-    from pi2lab.predict.placement import coactivation_orders, permute_predictors
-    from pi2lab.predict.profile import profile
-    from pi2lab.predict.sparsify import load_sparse
-    from pi2lab.train.corpus import corpus_tokens
-
     model, sparse = load_sparse("builtin", threshold=threshold)
     cfg = model.config
     trace = profile(model, corpus_tokens(model, "train", fit_tokens))
@@ -365,7 +365,7 @@ def bench_bundled(
         sparse, predictors=permute_predictors(sparse.predictors, co)
     )
     neuron_plan = sparse.plan.with_cluster_size(1, cfg.intermediate_size)
-    single = dataclasses.replace(model, params=neuron_plan.layout(model.params))
+    single = dataclasses.replace(model, params=sparse_layout(model.params, neuron_plan))
     held_out = corpus_tokens(model, "held_out", max(steps + 1, seqs * 128))
     sequences = [held_out[i * 128 : (i + 1) * 128] for i in range(seqs)]
     true_masks = profile(model, held_out)  # what actually fires on the held-out tokens
@@ -444,7 +444,7 @@ def bench_synthetic(
     sweep_rows = (
         cluster_sweep(dense["layers"][0], cfg, fit, held_out, lp.hot, sweep) if sweep else []
     )
-    params = plan.layout(permute_params(dense, np.broadcast_to(perm, (layers, ffn))))
+    params = sparse_layout(permute_params(dense, np.broadcast_to(perm, (layers, ffn))), plan)
     del dense
     clusters = np.stack(
         [

@@ -8,8 +8,8 @@ import jax
 
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs, sample
-from pi2lab.engine.state import KVCache
 from pi2lab.engine.traces import traced
+from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.transformer import forward
 
 

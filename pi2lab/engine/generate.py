@@ -13,11 +13,12 @@ import numpy as np
 
 from pi2lab.budget import MemoryBudget
 from pi2lab.engine.decode import decode_step, sample_first
+from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
 from pi2lab.engine.prefill import bucket, check_tokens, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder
-from pi2lab.engine.state import KVCache
 from pi2lab.errors import PromptError
+from pi2lab.model.kv_cache import KVCache
 
 MIN_CAPACITY = 128
 
@@ -84,8 +85,6 @@ def generate(
     Raises:
       PromptError: an empty prompt, or prompt plus new tokens longer than the context.
     """
-    from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
-
     args = (prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
     if engine not in ENGINES:
         return _generate(model, None, engine, sparse, *args)

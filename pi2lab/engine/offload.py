@@ -36,9 +36,10 @@ from pi2lab.budget import MemoryBudget
 from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.engine.prefill import bucket, check_tokens
 from pi2lab.engine.sampling import SamplingKnobs, sample
-from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import ConfigError
-from pi2lab.kernels.sparse_ffn import ClusterPlan, cluster_activity
+from pi2lab.kernels.predictor import scores
+from pi2lab.kernels.sparse_ffn import cluster_activity
+from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model import layers
 from pi2lab.model.pretrained import Model
 from pi2lab.model.transformer import attention_block
@@ -52,7 +53,6 @@ from pi2lab.pipeline.scheduler import (
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.policies import Policy
 from pi2lab.policies.registry import make_policy, parse_policy
-from pi2lab.predict.predictor import scores
 from pi2lab.storage.io import IOEngine, ReadRequest
 from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.config import ModelConfig
-from pi2lab.engine.state import KVCache
 from pi2lab.engine.traces import traced
 from pi2lab.errors import PromptError
+from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.transformer import forward
 
 MIN_BUCKET = 16

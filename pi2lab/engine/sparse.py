@@ -14,112 +14,17 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs, sample
-from pi2lab.engine.state import KVCache
 from pi2lab.engine.traces import traced
-from pi2lab.errors import ConfigError
-from pi2lab.kernels.sparse_ffn import ClusterPlan, Impl, cluster_activity, sparse_ffn
+from pi2lab.kernels.predictor import scores
+from pi2lab.kernels.sparse_ffn import Impl, cluster_activity, sparse_ffn, sparse_layout
+from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.layers import ffn_activation, moe_routing
-from pi2lab.model.params import FFN_KEYS, split_ffn
+from pi2lab.model.params import FFN_KEYS
 from pi2lab.model.transformer import forward
-from pi2lab.predict.predictor import scores
-
-CLUSTER_SIZES = (64, 32, 16, 8, 4, 2, 1)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SparsePlan:
-    """Static layout of sparse decode: one :class:`ClusterPlan` per layer.
-
-    Attributes:
-      layers: Hot block, cluster size and cluster capacity of each layer.
-    """
-
-    layers: tuple[ClusterPlan, ...]
-
-    @classmethod
-    def uniform(
-        cls,
-        cfg: ModelConfig,
-        *,
-        hot: int = 0,
-        cluster_size: int | None = None,
-        capacity: int | None = None,
-    ) -> SparsePlan:
-        """The same plan in every layer. ``cluster_size`` defaults to the largest of
-        64, 32, ... that tiles the cold neurons; ``capacity`` to every cold cluster."""
-        cold = cfg.intermediate_size - hot
-        c = cluster_size or next(c for c in CLUSTER_SIZES if cold % c == 0)
-        plan = ClusterPlan(
-            hot=hot, cluster_size=c, capacity=cold // c if capacity is None else capacity
-        )
-        return cls(layers=(plan,) * cfg.num_layers)
-
-    @classmethod
-    def from_frequency(
-        cls, frequency: np.ndarray, *, cluster_size: int = 16, hot_min_frequency: float = 0.3
-    ) -> SparsePlan:
-        """Per-layer plans from hot-first firing frequencies ``[L, F]`` (``[L, E, F]``): the hot
-        block covers the neurons firing on at least ``hot_min_frequency`` of tokens (every
-        expert's, for MoE), rounded up so the cold rest tiles into clusters."""
-        layers = []
-        for freq in np.asarray(frequency):
-            freq = freq.reshape(-1, freq.shape[-1]).max(0)  # worst expert for MoE
-            f = freq.size
-            hot = int(np.sum(freq >= hot_min_frequency))
-            hot = f - ((f - hot) // cluster_size) * cluster_size
-            cold = f - hot
-            layers.append(
-                ClusterPlan(hot=hot, cluster_size=cluster_size, capacity=cold // cluster_size)
-            )
-        return cls(layers=tuple(layers))
-
-    def with_cluster_size(self, cluster_size: int, neurons: int) -> SparsePlan:
-        """The same hot blocks (grown where needed so the cold neurons tile) with clusters of
-        ``cluster_size`` and room for every cold cluster."""
-        layers = []
-        for lp in self.layers:
-            hot = neurons - ((neurons - lp.hot) // cluster_size) * cluster_size
-            cap = (neurons - hot) // cluster_size
-            layers.append(ClusterPlan(hot=hot, cluster_size=cluster_size, capacity=cap))
-        return SparsePlan(layers=tuple(layers))
-
-    def layout(self, params: dict) -> dict:
-        """``params`` with the FFN in this plan's sparse layout: returned as they are when
-        already so, else split once (a copy of the FFN weights; drop the old ``params``)."""
-        hot = [lp.hot for lp in self.layers]
-        return split_ffn(params, hot, [lp.cluster_size for lp in self.layers])
-
-    def check_layout(self, params: dict) -> None:
-        """Raises ConfigError unless ``params`` hold the FFN in this plan's sparse layout."""
-        for i, (p, lp) in enumerate(zip(params["layers"], self.layers, strict=True)):
-            if (
-                "cold_gate" not in p
-                or p["hot_gate"].shape[-2] != lp.hot
-                or (p["cold_gate"].shape[-2] != lp.cluster_size)
-            ):
-                raise ConfigError(
-                    f"layer {i}: the FFN is not in the plan's sparse layout (hot={lp.hot}, "
-                    f"cluster_size={lp.cluster_size}); expected params from plan.layout(params)"
-                )
-
-    def to_json(self) -> list[dict]:
-        return [dataclasses.asdict(lp) for lp in self.layers]
-
-    @classmethod
-    def from_json(cls, rows: list[dict]) -> SparsePlan:
-        return cls(layers=tuple(ClusterPlan(**row) for row in rows))
-
-    def check(self, cfg: ModelConfig) -> None:
-        if len(self.layers) != cfg.num_layers:
-            raise ConfigError(
-                f"sparse plan has {len(self.layers)} layers; the model has {cfg.num_layers}"
-            )
-        for i, lp in enumerate(self.layers):
-            lp.check(cfg.intermediate_size, where=f"sparse plan layer {i}")
 
 
 def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
@@ -229,8 +134,8 @@ class SparseDecoder:
         return cls(plan=plan or SparsePlan.uniform(cfg))
 
     def layout(self, params: dict) -> dict:
-        """See :meth:`SparsePlan.layout`."""
-        return self.plan.layout(params)
+        """See :func:`pi2lab.kernels.sparse_ffn.sparse_layout`."""
+        return sparse_layout(params, self.plan)
 
     def memory(self, params: dict) -> dict:
         """Bytes sparse decode holds: hot blocks, cold clusters, the rest of the model and

@@ -1,7 +1,7 @@
 """Neuron-cluster sparse FFN for single-token decode.
 
 Neurons are in hot-first order (see :mod:`pi2lab.predict.reorder`) and stored in the sparse
-layout (:func:`pi2lab.model.params.split_ffn`): the hot block ``[H, D]`` as arrays of its own,
+layout (:func:`sparse_layout`): the hot block ``[H, D]`` as arrays of its own,
 computed every token, and the cold neurons cluster-major ``[NC, C, D]``, of which only the
 clusters the predictor marks active are computed. Nothing is sliced out of a larger matrix
 inside the step (XLA:CPU copies such slices before a dot).
@@ -22,7 +22,6 @@ and has no capacity.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import jax
@@ -32,42 +31,20 @@ import numpy as np
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
 from pi2lab.kernels.ffi import native_available
+from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model.layers import ffn_activation, ffn_blocks
+from pi2lab.model.params import split_ffn
 
 Impl = Literal["auto", "native", "loop"]
 _KINDS = {"silu": 0, "relu": 1, "drelu": 2, "fatrelu": 3}
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ClusterPlan:
-    """Static layout of one layer's sparse FFN.
-
-    Attributes:
-      hot: Neurons ``[0, hot)`` computed densely every token.
-      cluster_size: C, cold neurons per cluster; ``F - hot`` must be a multiple of C.
-      capacity: Most cold clusters computed sparsely per token; beyond it, masked dense.
-    """
-
-    hot: int
-    cluster_size: int
-    capacity: int
-
-    def num_clusters(self, neurons: int) -> int:
-        return (neurons - self.hot) // self.cluster_size
-
-    def check(self, neurons: int, where: str = "layer") -> None:
-        cold = neurons - self.hot
-        if not 0 <= self.hot <= neurons or self.cluster_size <= 0 or cold % self.cluster_size:
-            raise ConfigError(
-                f"{where}: hot={self.hot}, cluster_size={self.cluster_size} do not "
-                f"tile {neurons} neurons; expected 0 <= hot <= {neurons} and "
-                f"{neurons} - hot a multiple of cluster_size"
-            )
-        if not 0 <= self.capacity <= max(cold // self.cluster_size, 0):
-            raise ConfigError(
-                f"{where}: capacity={self.capacity}: expected 0..{cold // self.cluster_size} "
-                f"(the cold clusters of {neurons} neurons)"
-            )
+def sparse_layout(params: dict, plan: SparsePlan) -> dict:
+    """``params`` with the FFN in ``plan``'s sparse layout, the one :func:`sparse_ffn` reads:
+    returned as they are when already so, else split once (a copy of the FFN weights; drop the
+    old ``params``)."""
+    hot = [lp.hot for lp in plan.layers]
+    return split_ffn(params, hot, [lp.cluster_size for lp in plan.layers])
 
 
 def cluster_activity(active: jax.Array, plan: ClusterPlan) -> jax.Array:

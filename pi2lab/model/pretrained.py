@@ -58,6 +58,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
 class Model:
     """A loaded model: config, parameters (a pytree of jax arrays) and tokenizer.
 
+    Weights, not a runtime: :func:`pi2lab.generate` and :func:`pi2lab.dense_logits` take a model
+    (the engines sit above the model and hold it, not the other way round).
+
     Attributes:
       config: The model's shapes and behaviour.
       params: Parameter tree, layout in :mod:`pi2lab.model.params`.
@@ -87,18 +90,6 @@ class Model:
         if self.tokenizer is None:
             return " ".join(str(i) for i in ids)
         return self.tokenizer.decode([int(i) for i in ids])
-
-    def logits(self, tokens) -> jax.Array:
-        """Dense forward over a whole sequence: ``tokens [T]`` -> logits ``[T, V]``."""
-        from pi2lab.engine.prefill import dense_logits
-
-        return dense_logits(self, tokens)
-
-    def generate(self, prompt, **kwargs):
-        """See :func:`pi2lab.engine.generate.generate`."""
-        from pi2lab.engine.generate import generate
-
-        return generate(self, prompt, **kwargs)
 
     def astype(self, dtype) -> Model:
         params = jax.tree.map(lambda a: a.astype(dtype), self.params)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from pi2lab.config import ModelConfig
-from pi2lab.engine.state import KVCache
 from pi2lab.model import layers
+from pi2lab.model.kv_cache import KVCache
 
 FfnFn = Callable[[int, jax.Array, jax.Array, dict], tuple[jax.Array, jax.Array]]
 

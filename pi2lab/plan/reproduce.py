@@ -1,9 +1,9 @@
 """PowerInfer-2's results tables, re-derived with the decode simulator (every figure SIMULATED).
 
 No phone is used: each figure comes from :func:`pi2lab.plan.simulator.simulate_decode` on a
-built-in hardware profile (:func:`pi2lab.plan.hardware.builtin`, rates from the paper's published
+built-in hardware profile (:func:`pi2lab.plan.phones.builtin`, rates from the paper's published
 device characteristics) and a built-in model shape (:mod:`pi2lab.plan.shapes`), and is set beside
-the figure the paper reports (arXiv 2406.06282, copied into :data:`PAPER`).
+the figure the paper reports (arXiv 2406.06282, :data:`pi2lab.plan.paper.PAPER`).
 
 Nothing here is tuned per row: every row runs the same engines with the same defaults on the same
 profile, and the only inputs are the built-in profiles and shapes. Where a simulated figure misses
@@ -22,57 +22,12 @@ import math
 from collections.abc import Iterable
 
 from pi2lab.pipeline.scheduler import PipelineConfig
-from pi2lab.plan.hardware import HardwareProfile, builtin
+from pi2lab.plan.gaps import busy_seconds, compute_scale, gap_note
+from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.paper import ENGINES, MODELS, PAPER, SOURCE, TARGETS
+from pi2lab.plan.phones import builtin
 from pi2lab.plan.shapes import get_shape
 from pi2lab.plan.simulator import SimResult, simulate_decode
-
-SOURCE = "PowerInfer-2, arXiv 2406.06282 (v1 decode tables, v3 ablation)"
-
-MODELS: dict[str, str] = {
-    "llama-7b": "Llama-7B (ReLU)",
-    "llama-13b": "Llama-13B (ReLU)",
-    "turbosparse-mistral-7b": "TurboSparse-Mistral-7B",
-    "turbosparse-mixtral-47b": "TurboSparse-Mixtral-47B",
-}
-"""Decode-table models: built-in shape -> the paper's row name."""
-
-ENGINES: dict[str, str] = {
-    "powerinfer2": "PowerInfer-2",
-    "llama.cpp-mmap": "llama.cpp",
-    "llmflash": "LLM in a Flash",
-}
-"""Simulated engines -> the paper's column name."""
-
-PAPER: dict = {
-    # Decode tokens/s, OnePlus 12, 50% of FFN weights on flash (v1).
-    "decode_oneplus12": {
-        "llama-7b": {"powerinfer2": 11.7, "llama.cpp-mmap": 0.4, "llmflash": 2.8},
-        "llama-13b": {"powerinfer2": 5.4, "llama.cpp-mmap": 0.2, "llmflash": 1.7},
-        "turbosparse-mistral-7b": {"powerinfer2": 10.5, "llama.cpp-mmap": 0.4, "llmflash": 2.4},
-        "turbosparse-mixtral-47b": {
-            "powerinfer2": 9.96,
-            "llama.cpp-mmap": 0.5,
-            "llmflash": 2.4,
-        },
-    },
-    # Bamboo-7B, OnePlus 12, 50% FFN on flash (v3), cumulative tokens/s.
-    "ablation": {
-        "baseline": 0.40,
-        "+ neuron bundling": 1.09,
-        "+ neuron cache": 4.18,
-        "+ cluster pipeline": 9.60,
-    },
-    "ablation_hit_rate": 0.95,
-    # TurboSparse-Mixtral-47B, OnePlus 12, all 19 GB available.
-    "mixtral_19gb": {"powerinfer2": 11.68, "llmflash": 3.74, "llama.cpp-mmap": 0.55},
-    "mixtral_half_ffn": 9.96,
-    "in_memory_mistral": 12.5,  # motivation: TurboSparse-Mistral-7B in memory, OnePlus 12
-    "llmflash_io_share": 0.767,  # motivation: LLM in a Flash's I/O share of latency
-}
-"""The paper's figures; tokens/s unless named otherwise."""
-
-TARGETS = {"within": 0.25, "over_llama_cpp": 15.0, "over_llmflash": (3.0, 5.0)}
-"""What a faithful reproduction would show (reported, never tuned toward)."""
 
 _ABLATION_RUNGS = tuple(PAPER["ablation"])
 
@@ -82,84 +37,16 @@ def _profile(device: str | HardwareProfile) -> HardwareProfile:
     return device if isinstance(device, HardwareProfile) else builtin(device)
 
 
-def _busy(r: SimResult) -> float:
-    """Simulated seconds per token spent computing (attention, predictors, FFN, head)."""
-    st = r.stage_seconds
-    return st["attention"] + st["compute"] + st["head"]
-
-
 def _diagnostics(r: SimResult, profile: HardwareProfile) -> dict:
     return {
         "simulated_hit_rate": round(r.hit_rate, 4) if r.requested.any() else None,
         "simulated_mb_per_token": round(r.bytes_per_token / 1e6, 2),
         "simulated_io_share": round(r.io_share, 4),
-        "simulated_compute_only_tokens_per_s": round(1.0 / _busy(r), 3),
+        "simulated_compute_only_tokens_per_s": round(1.0 / busy_seconds(r), 3),
         "cache_units": r.cache_units,
         "memory_used_gb": round(r.memory_bytes / 1e9, 3),
         "fits_ram": r.memory_bytes <= profile.ram_bytes,
     }
-
-
-_SCALES: dict[str, float] = {}
-
-
-def compute_scale(profile: HardwareProfile) -> float:
-    """The paper's in-memory token time for TurboSparse-Mistral-7B (1 / 12.5 tok/s) over the
-    simulator's compute-only token time for it on ``profile``: how much slower the paper's
-    compute is than the simulated one. A diagnostic for the gap notes, never applied to a
-    figure."""
-    if profile.name not in _SCALES:
-        r = simulate_decode("turbosparse-mistral-7b", profile, ffn_fraction=1.0, tokens=4)
-        _SCALES[profile.name] = 1.0 / PAPER["in_memory_mistral"] / _busy(r)
-    return _SCALES[profile.name]
-
-
-def gap_note(r: SimResult, paper: float, profile: HardwareProfile) -> str:
-    """One line naming what drives the gap between a simulated figure and the paper's.
-
-    Faster than the paper: compute is blamed when charging the row's compute at the paper's
-    in-memory speed (x :func:`compute_scale`) closes at least half of the gap in token time;
-    otherwise the read model is, with the read rate the paper's figure implies for the same
-    bytes once compute is at that speed (bytes / (1 / paper - scaled compute time)). Slower
-    than the paper: compute when compute alone is slower than the paper's figure, else the
-    read model (with the simulated compute time).
-    """
-    busy, wait = _busy(r), r.stage_seconds["wait"]
-    scale = compute_scale(profile)
-    t_sim, t_paper = 1.0 / r.tokens_per_s, 1.0 / paper
-    t_cal = t_sim + busy * (scale - 1)
-    rates = (
-        f"attention, predictors, LM head at dense_gbs {profile.dense_gbs:g} GB/s, FFN at "
-        f"sparse_gbs {profile.sparse_gbs:g} GB/s"
-    )
-    if t_sim < t_paper and abs(t_cal - t_paper) <= 0.5 * (t_paper - t_sim):
-        return (
-            f"compute rates (I/O wait {r.io_share:.0%}): compute alone gives {1 / busy:.1f} tok/s "
-            f"({rates}); at the paper's in-memory speed (compute x{scale:.2f}) this row would be "
-            f"~{1 / t_cal:.1f} tok/s"
-        )
-    if t_sim > t_paper and busy >= t_paper:
-        return f"compute rates: compute alone gives {1 / busy:.1f} tok/s ({rates})"
-    mb = r.bytes_per_token / 1e6
-    if t_sim < t_paper:
-        left = t_paper - busy * scale
-        compute = f"with compute at the paper's in-memory speed (x{scale:.2f}) "
-    else:
-        left, compute = t_paper - busy, "with the simulated compute "
-    implied = f"~{mb / left:,.0f} MB/s" if left > 0 else "less than no time"
-    if r.engine == "llama.cpp-mmap":
-        how = f"only the over-budget FFN, sequentially at {profile.sequential_mbs:,.0f} MB/s"
-    elif r.hit_rate == 0:
-        how = "no cache: every predicted neuron"
-    elif r.engine == "llmflash":
-        how = f"Window(5) hit rate {r.hit_rate:.1%}, overlapped with hits"
-    else:
-        how = f"hit rate {r.hit_rate:.1%}"
-    return (
-        f"read model (I/O wait {r.io_share:.0%}): {mb:,.0f} MB/token read ({how}) in "
-        f"{wait * 1e3:.0f} ms ({mb / max(wait, 1e-12):,.0f} MB/s exposed); {compute}the paper's "
-        f"figure leaves {max(left, 0) * 1e3:.0f} ms for them: {implied}"
-    )
 
 
 def _row(model, engine, r: SimResult, paper, profile) -> dict:
@@ -492,134 +379,3 @@ def reproduce(quick: bool = False, *, tokens: int | None = None) -> dict:
         ),
     }
     return {"simulated": True, "quick": quick, **tables, "summary": summary}
-
-
-# -- text --------------------------------------------------------------------------------------
-def _num(x, fmt: str = ".2f", width: int = 8) -> str:
-    return f"{'-' if x is None else format(x, fmt):>{width}}"
-
-
-def format_decode_table(table: dict, digits: int = 2) -> str:
-    """The decode table as text: simulated beside paper, ratio, then speed-ups and notes."""
-    f = f".{digits}f"
-    src = "paper" if table["has_paper"] else "no paper"
-    lines = [
-        f"Decode tok/s, {table['device']}, {table['ffn_on_flash']:.0%} of FFN on flash "
-        f"(SIMULATED, {table['tokens']} tokens/run; "
-        f"{'paper v1' if table['has_paper'] else 'no paper figures'})",
-        f"  {'model':<24} {'engine':<15} {'simulated':>9} {src:>12} {'sim/paper':>9}  target",
-    ]
-    for r in table["rows"]:
-        met = r.get("target_met")
-        lines.append(
-            f"  {r['model_label']:<24} {r['engine_label']:<15} "
-            f"{_num(r['simulated_tokens_per_s'], f, 9)} {_num(r['paper_tokens_per_s'], 'g', 12)} "
-            f"{_num(r['ratio'], '.2f', 9)}  {'' if met is None else ('met' if met else 'missed')}"
-        )
-    lines.append(
-        f"  Speed-ups of PowerInfer-2 (SIMULATED / {src})    over llama.cpp (>= 15x)   "
-        "over LLM in a Flash (3-5x)"
-    )
-    for s in table["speedups"]:
-        lines.append(
-            f"  {s['model_label']:<44} {_num(s['simulated_over_llama_cpp'], '.1f', 6)}x / "
-            f"{_num(s['paper_over_llama_cpp'], '.1f', 5)}x"
-            f"{_num(s['simulated_over_llmflash'], '.2f', 14)}x / "
-            f"{_num(s['paper_over_llmflash'], '.2f', 5)}x"
-        )
-    return "\n".join(lines)
-
-
-def format_ablation(table: dict, digits: int = 2) -> str:
-    f = f".{digits}f"
-    lines = [
-        f"Ablation, Bamboo-7B, {table['device']}, 50% of FFN on flash (SIMULATED, "
-        f"{table['tokens']} tokens/run; paper v3)",
-        f"  {'rung':<20} {'simulated':>9} {'paper':>7} {'sim/paper':>9} {'gain sim':>8} "
-        f"{'gain paper':>10} {'hit rate':>8} {'I/O wait':>8}",
-    ]
-    for r in table["rows"]:
-        lines.append(
-            f"  {r['rung']:<20} {_num(r['simulated_tokens_per_s'], f, 9)} "
-            f"{_num(r['paper_tokens_per_s'], f, 7)} {_num(r['ratio'], '.2f', 9)} "
-            f"{_num(r['simulated_gain'], '.2f', 8)} {_num(r['paper_gain'], '.2f', 10)} "
-            f"{_num(r['simulated_hit_rate'], '.3f', 8)} {_num(r['simulated_io_share'], '.0%', 8)}"
-        )
-    return "\n".join(lines)
-
-
-def format_memory_sweep(table: dict, digits: int = 2) -> str:
-    f = f".{digits}f"
-    lines = [
-        f"Memory sweep, {table['model']}, {table['device']} (SIMULATED tok/s, "
-        f"{table['tokens']} tokens/run)",
-        f"  {'budget GB':>9} "
-        + " ".join(f"{ENGINES[e]:>15}" for e in ENGINES)
-        + f" {'cache share':>11}",
-    ]
-    for g in dict.fromkeys(p["memory_gb"] for p in table["points"]):
-        row = {p["engine"]: p for p in table["points"] if p["memory_gb"] == g}
-        lines.append(
-            f"  {g:>9g} "
-            + " ".join(_num(row[e]["simulated_tokens_per_s"], f, 15) for e in ENGINES)
-            + f" {_num(row['powerinfer2']['simulated_cache_share'], '.1%', 11)}"
-        )
-    if table["paper_points"]:
-        lines.append("  Paper points (SIMULATED vs paper)")
-        for p in table["paper_points"]:
-            lines.append(
-                f"  {p['label']:<58} {_num(p['simulated_tokens_per_s'], f, 7)} vs "
-                f"{_num(p['paper_tokens_per_s'], f, 6)}  ({p['memory_gb']:g} GB, sim/paper "
-                f"{_num(p['ratio'], '.2f', 4)})"
-            )
-    return "\n".join(lines)
-
-
-def _notes(notes: list[str]) -> list[str]:
-    return [f"  note: {n}" for n in notes]
-
-
-def format_reproduction(result: dict) -> str:
-    """Every table of :func:`reproduce` as text, each header saying SIMULATED, notes below."""
-    s = result["summary"]
-    lines = [
-        "PowerInfer-2 reproduction: every figure SIMULATED (pi2lab.plan.simulator on built-in "
-        "device profiles); no phone was used",
-        f"paper figures from {SOURCE}",
-        "",
-        format_decode_table(result["decode_oneplus12"]),
-        *_notes(result["decode_oneplus12"]["notes"]),
-        "",
-        format_ablation(result["ablation"]),
-        *_notes(result["ablation"]["notes"]),
-        "",
-        format_memory_sweep(result["memory_sweep"]),
-        *_notes(result["memory_sweep"]["notes"]),
-        "",
-        format_decode_table(result["decode_oneplus_ace2"]),
-        *_notes(result["decode_oneplus_ace2"]["notes"]),
-        "",
-        f"Targets (SIMULATED): PowerInfer-2 within +-25% of the paper: "
-        f"{s['powerinfer2_within_25pct']}/{s['powerinfer2_rows']}; over llama.cpp >= 15x: "
-        f"{s['over_llama_cpp_met']}/{s['speedup_rows']}; over LLM in a Flash 3-5x: "
-        f"{s['over_llmflash_met']}/{s['speedup_rows']}; ablation monotone: "
-        f"{s['ablation_monotone']}",
-    ]
-    return "\n".join(lines)
-
-
-__all__ = [
-    "ENGINES",
-    "MODELS",
-    "PAPER",
-    "TARGETS",
-    "ablation",
-    "decode_table",
-    "format_ablation",
-    "format_decode_table",
-    "format_memory_sweep",
-    "format_reproduction",
-    "gap_note",
-    "memory_sweep",
-    "reproduce",
-]

@@ -65,8 +65,8 @@ from pi2lab.budget import MemoryBudget
 from pi2lab.cache import NeuronCache
 from pi2lab.config import ModelConfig
 from pi2lab.engine.offload import OffloadConfig
-from pi2lab.engine.sparse import SparsePlan
 from pi2lab.errors import ConfigError
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import (
     PipelineConfig,
     check_gate_first,

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pi2lab.engine.prefill import bucket, pad, prefill
+from pi2lab.engine.prefill import bucket, dense_logits, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder, sparse_decode_step
-from pi2lab.engine.state import KVCache
+from pi2lab.model.kv_cache import KVCache
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def fidelity(
 ) -> list[dict]:
     """Per threshold: dense and sparse perplexity, their ratio, greedy agreement (share of
     positions where both argmaxes agree), and the share of cold clusters computed."""
-    dense = [np.asarray(model.logits(seq))[:-1] for seq in sequences]
+    dense = [np.asarray(dense_logits(model, seq))[:-1] for seq in sequences]
     dense_nll = np.concatenate([_nll(d, s[1:]) for d, s in zip(dense, sequences, strict=True)])
     n_clusters = np.array(
         [lp.num_clusters(model.config.intermediate_size) for lp in sparse.plan.layers]

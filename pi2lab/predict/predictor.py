@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from pi2lab.engine.prefill import bucket, check_tokens, pad
 from pi2lab.errors import CheckpointError
 from pi2lab.fileio import atomic_file
+from pi2lab.kernels.predictor import scores
 from pi2lab.model.transformer import dense_ffn, forward
 
 PREDICTORS_FILE = "predictors.safetensors"
@@ -67,17 +68,6 @@ class PredictorConfig:
     held_out_fraction: float = 0.1
     target_recall: float | None = 0.99
     seed: int = 0
-
-
-def rms(x: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
-
-
-def scores(pred: dict, resid: jax.Array) -> jax.Array:
-    """Predictor logits ``[..., F]`` for residual stream vectors ``resid [..., D]``."""
-    # einsum, not ``x @ w.T``: XLA:CPU runs a vector times a transposed matrix ~10x slower
-    hidden = jax.nn.relu(jnp.einsum("rd,...d->...r", pred["fc1"], rms(resid)) + pred["b1"])
-    return jnp.einsum("fr,...r->...f", pred["fc2"], hidden) + pred["b2"]
 
 
 # --- data ---------------------------------------------------------------------------------

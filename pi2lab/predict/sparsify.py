@@ -15,8 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.errors import ConfigError
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
 from pi2lab.predict.placement import coactivation_orders
 from pi2lab.predict.predictor import PredictorConfig, Predictors, collect, fit_predictors

@@ -379,7 +379,7 @@ class FlashLayouts:
         self._paths: dict[int, Path] = {}
 
     def __call__(self, cluster_size: int) -> Path:
-        from pi2lab.storage.layout import convert_pretrained
+        from pi2lab.convert import convert_pretrained
 
         if cluster_size not in self._paths:
             out = self.root / f"c{cluster_size}"

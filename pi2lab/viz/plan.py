@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from pi2lab.plan.paper import ENGINES
+
 SIM_COLOR, PAPER_COLOR = "#4c78a8", "#f58518"
 ENGINE_COLORS = {"powerinfer2": "#4c78a8", "llmflash": "#54a24b", "llama.cpp-mmap": "#e45756"}
 
@@ -73,8 +75,6 @@ def ablation_bars(table: dict) -> go.Figure:
 def memory_sweep_lines(sweep: dict) -> go.Figure:
     """Simulated tokens/s against the budget, one line per engine; the paper's points as
     markers (same colour as their engine)."""
-    from pi2lab.plan.reproduce import ENGINES
-
     fig = go.Figure()
     for engine, label in ENGINES.items():
         pts = [p for p in sweep["points"] if p["engine"] == engine]

@@ -21,10 +21,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from pi2lab.bench.planner import measure
 from pi2lab.budget import MemoryBudget
 from pi2lab.engine.offload import OffloadConfig
 from pi2lab.plan.cost import ModelStats
-from pi2lab.plan.hardware import BUILTIN_PROFILES, HardwareProfile, builtin
+from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import shape_minimum, simulate_decode
@@ -94,7 +96,6 @@ def simulate_at(shape: ModelShape, profile: HardwareProfile, share: float, token
 def engine_measure(layout, tokens: int, prompts) -> Callable[[ExecutionPlan], float]:
     """A callable that runs a plan on the real offload engine and returns measured tokens/s
     (:func:`pi2lab.bench.planner.measure`: median after a warm-up prompt)."""
-    from pi2lab.bench.planner import measure
 
     def run(chosen: ExecutionPlan) -> float:
         return 1.0 / measure(layout, chosen.offload_config(), tokens, prompts=list(prompts))

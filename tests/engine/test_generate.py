@@ -20,15 +20,15 @@ def model():
 
 def test_greedy_tokens_follow_dense_argmax(model):
     prompt = np.array([3, 14, 15, 92, 65, 35], np.int32)
-    res = model.generate(prompt, max_new_tokens=12)
+    res = pl.generate(model, prompt, max_new_tokens=12)
     seq = np.concatenate([prompt, res.tokens])
-    dense = np.asarray(model.logits(seq))
+    dense = np.asarray(pl.dense_logits(model, seq))
     np.testing.assert_array_equal(dense[len(prompt) - 1 : -1].argmax(-1), res.tokens)
     assert res.stop_reason == "length" and res.tokens.size == 12
 
 
 def test_decode_step_does_not_retrace_across_steps_or_knobs(model):
-    model.generate(np.array([1, 2, 3]), max_new_tokens=5)  # compile once
+    pl.generate(model, np.array([1, 2, 3]), max_new_tokens=5)  # compile once
     before = dict(TRACE_COUNTS)
     for temperature, top_k, top_p, seed in [
         (0.0, 0, 1.0, 0),
@@ -36,7 +36,8 @@ def test_decode_step_does_not_retrace_across_steps_or_knobs(model):
         (1.3, 0, 0.5, 2),
         (0.2, 40, 1.0, 3),
     ]:
-        model.generate(
+        pl.generate(
+            model,
             np.array([4, 5, 6, 7]),
             max_new_tokens=9,
             temperature=temperature,
@@ -50,42 +51,42 @@ def test_decode_step_does_not_retrace_across_steps_or_knobs(model):
 
 
 def test_prefill_buckets_prompt_lengths(model):
-    model.generate(np.arange(1, 4), max_new_tokens=2)
+    pl.generate(model, np.arange(1, 4), max_new_tokens=2)
     before = TRACE_COUNTS["prefill"]
     for n in (5, 9, 13, 16):  # all in the 16 bucket
-        model.generate(np.arange(1, n + 1), max_new_tokens=2)
+        pl.generate(model, np.arange(1, n + 1), max_new_tokens=2)
     assert TRACE_COUNTS["prefill"] == before
 
 
 def test_seed_reproducible_and_varies(model):
-    a = model.generate(np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=11).tokens
-    b = model.generate(np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=11).tokens
-    c = model.generate(np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=12).tokens
+    a = pl.generate(model, np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=11).tokens
+    b = pl.generate(model, np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=11).tokens
+    c = pl.generate(model, np.array([7, 8]), max_new_tokens=10, temperature=1.0, seed=12).tokens
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_stops_at_eos(model):
-    first = int(model.generate(np.array([9, 9, 9]), max_new_tokens=1).tokens[0])
+    first = int(pl.generate(model, np.array([9, 9, 9]), max_new_tokens=1).tokens[0])
     eos_model = pl.Model(
         config=pl.ModelConfig(**{**CFG.__dict__, "eos_token_id": (first,)}), params=model.params
     )
-    res = eos_model.generate(np.array([9, 9, 9]), max_new_tokens=10)
+    res = pl.generate(eos_model, np.array([9, 9, 9]), max_new_tokens=10)
     assert res.stop_reason == "eos" and res.tokens.tolist() == [first]
 
 
 def test_empty_prompt(model):
     with pytest.raises(pl.PromptError, match="empty"):
-        model.generate(np.array([], np.int32))
+        pl.generate(model, np.array([], np.int32))
 
 
 def test_prompt_longer_than_context(model):
     with pytest.raises(pl.PromptError, match="context"):
-        model.generate(np.ones(201, np.int32), max_new_tokens=1)
+        pl.generate(model, np.ones(201, np.int32), max_new_tokens=1)
     with pytest.raises(pl.PromptError, match=r"190 tokens\) \+ max_new_tokens \(20\)"):
-        model.generate(np.ones(190, np.int32), max_new_tokens=20)
+        pl.generate(model, np.ones(190, np.int32), max_new_tokens=20)
 
 
 def test_token_ids_out_of_vocab(model):
     with pytest.raises(pl.PromptError, match=r"\[0, 97\)"):
-        model.generate(np.array([5, 97]))
+        pl.generate(model, np.array([5, 97]))

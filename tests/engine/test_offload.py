@@ -10,12 +10,13 @@ import pytest
 
 import pi2lab as pl
 from pi2lab.budget import MemoryBudget
+from pi2lab.convert import convert
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
-from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.errors import BudgetError, ConfigError, StorageError
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import LRU
-from pi2lab.storage.layout import convert
 from tests.conftest import tiny_config
 
 BASE = dict(intermediate_size=64, num_layers=3, max_position_embeddings=128)

@@ -8,9 +8,10 @@ import pytest
 import pi2lab as pl
 from pi2lab.engine.decode import decode_step
 from pi2lab.engine.prefill import pad, prefill
-from pi2lab.engine.sparse import SparseDecoder, SparsePlan, sparse_decode_step
+from pi2lab.engine.sparse import SparseDecoder, sparse_decode_step
 from pi2lab.engine.traces import TRACE_COUNTS
-from pi2lab.kernels.sparse_ffn import ClusterPlan
+from pi2lab.kernels.sparse_ffn import sparse_layout
+from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.predict.profile import profile
 from pi2lab.predict.reorder import reorder_model
 from tests.conftest import tiny_config
@@ -56,9 +57,9 @@ def test_oracle_sparse_equals_dense(name, rng):
     dense = decode_logits(model, tokens)
     np.testing.assert_allclose(decode_logits(model, tokens, sparse), dense, atol=1e-4)
     prompt = tokens[:5]
-    want = model.generate(prompt, max_new_tokens=12, stop_at_eos=False).tokens
-    got = model.generate(
-        prompt, max_new_tokens=12, stop_at_eos=False, engine="sparse", sparse=sparse
+    want = pl.generate(model, prompt, max_new_tokens=12, stop_at_eos=False).tokens
+    got = pl.generate(
+        model, prompt, max_new_tokens=12, stop_at_eos=False, engine="sparse", sparse=sparse
     ).tokens
     np.testing.assert_array_equal(got, want)
 
@@ -69,7 +70,7 @@ def test_oracle_counts_only_firing_clusters(rng):
     plan = SparsePlan.uniform(cfg, hot=0, cluster_size=4)
     cache = pl.KVCache.zeros(cfg, 32)
     _, _, _, counts = sparse_decode_step(
-        plan.layout(model.params),
+        sparse_layout(model.params, plan),
         None,
         jnp.float32(0.0),
         cfg,
@@ -98,7 +99,8 @@ def test_threshold_is_traced(rng):
     ]
     plan = SparsePlan.uniform(cfg, hot=8, cluster_size=8)
     prompt = np.array([1, 2, 3])
-    model.generate(
+    pl.generate(
+        model,
         prompt,
         max_new_tokens=3,
         engine="sparse",
@@ -106,7 +108,8 @@ def test_threshold_is_traced(rng):
     )
     before = TRACE_COUNTS["sparse_decode_step"]
     outs = {
-        t: model.generate(
+        t: pl.generate(
+            model,
             prompt,
             max_new_tokens=6,
             engine="sparse",
@@ -117,7 +120,10 @@ def test_threshold_is_traced(rng):
     }
     assert TRACE_COUNTS["sparse_decode_step"] == before
     # threshold -inf keeps every neuron: exactly dense
-    assert outs[-1e9] == model.generate(prompt, max_new_tokens=6, stop_at_eos=False).tokens.tolist()
+    assert (
+        outs[-1e9]
+        == pl.generate(model, prompt, max_new_tokens=6, stop_at_eos=False).tokens.tolist()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -160,4 +166,4 @@ def test_plan_must_tile_the_layer():
         plan=SparsePlan(layers=(ClusterPlan(hot=10, cluster_size=8, capacity=2),) * 3)
     )
     with pytest.raises(pl.ConfigError, match="sparse plan layer 0"):
-        model.generate(np.array([1, 2]), engine="sparse", sparse=bad)
+        pl.generate(model, np.array([1, 2]), engine="sparse", sparse=bad)

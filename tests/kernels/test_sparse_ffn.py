@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from pi2lab.errors import ConfigError
 from pi2lab.kernels.ffi import kernel_status, native_available
 from pi2lab.kernels.sparse_ffn import (
-    ClusterPlan,
     cluster_activity,
     sparse_ffn,
     sparse_ffn_reference,
 )
+from pi2lab.kernels.sparse_plan import ClusterPlan
 from pi2lab.model.params import merge_ffn, split_ffn
 
 D, F = 40, 96

@@ -28,7 +28,7 @@ def test_prefill_logits_match(hf_checkpoints, case, rng):
     model = pl.load_pretrained(path)
     tokens = rng.integers(0, model.config.vocab_size, SEQ).astype(np.int32)
     ref = _hf_logits(torch_model, tokens)
-    ours = np.asarray(model.logits(tokens))
+    ours = np.asarray(pl.dense_logits(model, tokens))
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() <= TOL
 
@@ -67,7 +67,7 @@ def test_greedy_generation_matches_hf(hf_checkpoints):
             eos_token_id=None,
             pad_token_id=0,
         )[0, len(prompt) :].numpy()
-    ours = model.generate(prompt, max_new_tokens=8, stop_at_eos=False).tokens
+    ours = pl.generate(model, prompt, max_new_tokens=8, stop_at_eos=False).tokens
     np.testing.assert_array_equal(ours, hf)
 
 

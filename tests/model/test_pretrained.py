@@ -42,8 +42,8 @@ def test_sharded_checkpoint_loads(ckpt, tmp_path):
     (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     tokens = np.arange(7)
     np.testing.assert_array_equal(
-        np.asarray(pl.load_pretrained(shard_dir).logits(tokens)),
-        np.asarray(pl.load_pretrained(ckpt).logits(tokens)),
+        np.asarray(pl.dense_logits(pl.load_pretrained(shard_dir), tokens)),
+        np.asarray(pl.dense_logits(pl.load_pretrained(ckpt), tokens)),
     )
 
 

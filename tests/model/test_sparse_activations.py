@@ -31,7 +31,7 @@ def test_matches_numpy_reference(tmp_path, architecture, activation, threshold, 
     assert model.config == cfg
     tokens = rng.integers(0, cfg.vocab_size, 11)
     ref = numpy_logits(tmp_path / "m", tokens, activation)
-    np.testing.assert_allclose(np.asarray(model.logits(tokens)), ref, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(pl.dense_logits(model, tokens)), ref, atol=1e-4)
 
 
 def test_activations_are_sparse_where_they_should_be(rng):

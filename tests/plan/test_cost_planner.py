@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
+from pi2lab.convert import convert
 from pi2lab.engine.offload import OffloadEngine
-from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.errors import BudgetError
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, envelope, token_seconds
 from pi2lab.plan.hardware import HardwareProfile, StoragePoint
 from pi2lab.plan.planner import plan
 from pi2lab.plan.stats import layout_stats, record_requests
-from pi2lab.storage.layout import convert, open_layout
+from pi2lab.storage.layout import open_layout
 from tests.conftest import tiny_config
 
 PROFILE = HardwareProfile(

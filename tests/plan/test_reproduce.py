@@ -18,9 +18,11 @@ import pytest
 
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.plan import paper
 from pi2lab.plan import reproduce as rp
-from pi2lab.plan.hardware import builtin
+from pi2lab.plan.phones import builtin
 from pi2lab.plan.simulator import simulate_decode
+from pi2lab.plan.tables import format_reproduction
 from tests.plan.test_simulator import tiny
 
 PAPER_MD = Path("/work/shared/paper/powerinfer2.md")
@@ -45,13 +47,13 @@ def test_every_row_present_and_labelled_simulated(result):
     for key in ("decode_oneplus12", "decode_oneplus_ace2"):
         rows = result[key]["rows"]
         assert {(r["model"], r["engine"]) for r in rows} == {
-            (m, e) for m in rp.MODELS for e in rp.ENGINES
+            (m, e) for m in paper.MODELS for e in paper.ENGINES
         }
-        assert [s["model"] for s in result[key]["speedups"]] == list(rp.MODELS)
-    assert [r["rung"] for r in result["ablation"]["rows"]] == list(rp.PAPER["ablation"])
+        assert [s["model"] for s in result[key]["speedups"]] == list(paper.MODELS)
+    assert [r["rung"] for r in result["ablation"]["rows"]] == list(paper.PAPER["ablation"])
     sweep = result["memory_sweep"]
     assert {(p["memory_gb"], p["engine"]) for p in sweep["points"]} == {
-        (g, e) for g in (7.0, 13.0, 19.0) for e in rp.ENGINES
+        (g, e) for g in (7.0, 13.0, 19.0) for e in paper.ENGINES
     }
     tables = [v for v in result.values() if isinstance(v, dict)]
     assert all(t["simulated"] is True for t in tables)
@@ -73,26 +75,26 @@ def test_paper_figures_match_the_paper_notes():
             table[cells[0]] = [float(c) for c in cells[1:]]
     assert len(table) == 4
     cols = ("powerinfer2", "llama.cpp-mmap", "llmflash")  # the paper's column order
-    for model, label in rp.MODELS.items():
-        assert [rp.PAPER["decode_oneplus12"][model][e] for e in cols] == table[label]
+    for model, label in paper.MODELS.items():
+        assert [paper.PAPER["decode_oneplus12"][model][e] for e in cols] == table[label]
     ladder = re.search(r"baseline ([\d.]+) -> .*?bundling ([\d.]+) -> .*?cache ([\d.]+)", text)
     pipeline = re.search(r"cluster pipeline ([\d.]+)", text)
     got = [*map(float, ladder.groups()), float(pipeline.group(1))]
-    assert list(rp.PAPER["ablation"].values()) == got
+    assert list(paper.PAPER["ablation"].values()) == got
     m = re.search(
         r"19 GB available: ([\d.]+) tok/s \(LLM-in-a-Flash ([\d.]+), llama.cpp ([\d.]+)", text
     )
     assert [float(x) for x in m.groups()] == [
-        rp.PAPER["mixtral_19gb"][e] for e in ("powerinfer2", "llmflash", "llama.cpp-mmap")
+        paper.PAPER["mixtral_19gb"][e] for e in ("powerinfer2", "llmflash", "llama.cpp-mmap")
     ]
-    assert str(rp.PAPER["mixtral_half_ffn"]) in text
+    assert str(paper.PAPER["mixtral_half_ffn"]) in text
 
 
 def test_ratios_and_speedups_consistent(result):
     d = result["decode_oneplus12"]
     by = {(r["model"], r["engine"]): r for r in d["rows"]}
     for r in d["rows"]:
-        assert r["paper_tokens_per_s"] == rp.PAPER["decode_oneplus12"][r["model"]][r["engine"]]
+        assert r["paper_tokens_per_s"] == paper.PAPER["decode_oneplus12"][r["model"]][r["engine"]]
         assert r["ratio"] == pytest.approx(
             r["simulated_tokens_per_s"] / r["paper_tokens_per_s"], rel=1e-3
         )
@@ -110,8 +112,8 @@ def test_ratios_and_speedups_consistent(result):
             )
     assert d["speedups"][0]["paper_over_llama_cpp"] == pytest.approx(29.25)
     # every engine of a model gets the same memory budget
-    for model in rp.MODELS:
-        used = {e: by[(model, e)]["memory_used_gb"] for e in rp.ENGINES}
+    for model in paper.MODELS:
+        used = {e: by[(model, e)]["memory_used_gb"] for e in paper.ENGINES}
         assert used["llama.cpp-mmap"] <= used["powerinfer2"] == used["llmflash"]
     ace2 = result["decode_oneplus_ace2"]
     assert all(r["paper_tokens_per_s"] is None and r["ratio"] is None for r in ace2["rows"])
@@ -141,7 +143,7 @@ def test_memory_sweep_paper_points(result):
 
 
 def test_format_says_simulated_in_every_header(result):
-    text = rp.format_reproduction(result)
+    text = format_reproduction(result)
     headers = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "paper figures"))]
     assert len(headers) >= 6
     assert all(re.search("SIMULATED", h) for h in headers), headers

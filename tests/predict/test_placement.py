@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
-from pi2lab.engine.sparse import SparsePlan
+from pi2lab.kernels.predictor import scores
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.predict.placement import (
     cluster_stats,
     coactivation_order,
     coactivation_orders,
     permute_predictors,
 )
-from pi2lab.predict.predictor import PredictorConfig, scores
+from pi2lab.predict.predictor import PredictorConfig
 from pi2lab.predict.sparsify import load_sparse, sparsify
 from pi2lab.predict.synthetic import CoactivationModel, independent_masks, zipf_frequency
 from tests.conftest import tiny_config
@@ -67,13 +68,15 @@ def test_coactivation_placement_leaves_outputs_unchanged(tmp_path, rng, moe):
     assert result.placement == "coactivation"
     probe = rng.integers(0, 97, 12).astype(np.int32)
     np.testing.assert_allclose(
-        np.asarray(result.model.logits(probe)), np.asarray(model.logits(probe)), atol=2e-4
+        np.asarray(pl.dense_logits(result.model, probe)),
+        np.asarray(pl.dense_logits(model, probe)),
+        atol=2e-4,
     )
     result.save(tmp_path / "m")
     loaded, sparse = load_sparse(tmp_path / "m", threshold=-1e9)  # every neuron predicted
-    want = model.generate(probe[:4], max_new_tokens=6, stop_at_eos=False).tokens
-    got = loaded.generate(
-        probe[:4], max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
+    want = pl.generate(model, probe[:4], max_new_tokens=6, stop_at_eos=False).tokens
+    got = pl.generate(
+        loaded, probe[:4], max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
     ).tokens
     np.testing.assert_array_equal(got, want)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
-from pi2lab.engine.sparse import SparseDecoder, SparsePlan
+from pi2lab.engine.sparse import SparseDecoder
+from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.predict.predictor import (
     PredictorConfig,
     Predictors,
@@ -74,7 +75,7 @@ def test_save_load_and_decode(tmp_path, predictors, model):
     sparse = SparseDecoder(
         plan=SparsePlan.uniform(CFG, hot=16, cluster_size=8), predictors=loaded.layers
     )
-    res = model.generate(np.array([3, 4, 5]), max_new_tokens=5, engine="sparse", sparse=sparse)
+    res = pl.generate(model, np.array([3, 4, 5]), max_new_tokens=5, engine="sparse", sparse=sparse)
     assert res.tokens.size == 5
 
 
@@ -103,8 +104,8 @@ def test_moe_sparsify_trains_one_predictor_per_expert(tmp_path, rng):
     result.save(tmp_path / "moe")
     loaded, sparse = load_sparse(tmp_path / "moe", threshold=-1e9)  # every neuron predicted
     prompt = np.array([4, 8, 15, 16])
-    want = model.generate(prompt, max_new_tokens=6, stop_at_eos=False).tokens
-    got = loaded.generate(
-        prompt, max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
+    want = pl.generate(model, prompt, max_new_tokens=6, stop_at_eos=False).tokens
+    got = pl.generate(
+        loaded, prompt, max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
     ).tokens
     np.testing.assert_array_equal(got, want)

@@ -2,12 +2,16 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import pi2lab as pl
+from pi2lab.convert import convert
 from pi2lab.errors import ConfigError, StorageError
 from pi2lab.storage import layout as fl
 from tests.conftest import tiny_config
@@ -25,7 +29,7 @@ def ffn(params, i):
 
 
 def test_f32_layout_round_trips_and_units_are_aligned(params, tmp_path):
-    out = fl.convert(CFG, params, tmp_path / "flash", cluster_size=4)
+    out = convert(CFG, params, tmp_path / "flash", cluster_size=4)
     layout = fl.verify(out)
     assert layout.stride % 4096 == 0 and layout.units == 16
     assert layout.unit_bytes == 4 * 3 * 64 * 4
@@ -42,7 +46,7 @@ def test_f32_layout_round_trips_and_units_are_aligned(params, tmp_path):
 
 @pytest.mark.parametrize(("dtype", "tol"), [("f16", 1e-3), ("int8", 0.01), ("int4", 0.15)])
 def test_quantized_layouts_dequantize_close(params, tmp_path, dtype, tol):
-    layout = fl.verify(fl.convert(CFG, params, tmp_path / dtype, dtype=dtype, group_size=16))
+    layout = fl.verify(convert(CFG, params, tmp_path / dtype, dtype=dtype, group_size=16))
     w = ffn(params, 1)
     got = layout.read_ffn(1)
     assert np.max(np.abs(got - w)) <= tol * np.max(np.abs(w))
@@ -69,13 +73,13 @@ def test_default_cluster_size_avoids_padding():
 def test_moe_has_a_file_per_expert(tmp_path):
     cfg = tiny_config(architecture="mixtral", num_experts=3, num_experts_per_tok=2)
     p = jax.tree.map(np.asarray, pl.init_params(cfg, jax.random.key(1)))
-    layout = fl.verify(fl.convert(cfg, p, tmp_path / "moe", cluster_size=8))
+    layout = fl.verify(convert(cfg, p, tmp_path / "moe", cluster_size=8))
     assert len(layout.files) == 6 and layout.files[4].expert == 1
     np.testing.assert_array_equal(layout.full_params()["layers"][1]["up"], p["layers"][1]["up"])
 
 
 def test_corrupted_unit_is_named_with_layer_and_offset(params, tmp_path):
-    out = fl.convert(CFG, params, tmp_path / "flash", cluster_size=4)
+    out = convert(CFG, params, tmp_path / "flash", cluster_size=4)
     layout = fl.open_layout(out)
     with open(out / layout.files[1].file, "r+b") as fh:
         fh.seek(3 * layout.stride + 100)
@@ -85,7 +89,7 @@ def test_corrupted_unit_is_named_with_layer_and_offset(params, tmp_path):
 
 
 def test_truncated_missing_and_foreign_files(params, tmp_path):
-    out = fl.convert(CFG, params, tmp_path / "flash", cluster_size=4)
+    out = convert(CFG, params, tmp_path / "flash", cluster_size=4)
     layout = fl.open_layout(out)
     os.truncate(out / layout.files[0].file, layout.stride * 3)
     with pytest.raises(StorageError, match="truncated"):
@@ -103,11 +107,11 @@ def test_truncated_missing_and_foreign_files(params, tmp_path):
 
 def test_bad_convert_settings_leave_nothing(params, tmp_path):
     with pytest.raises(ConfigError, match="cluster size 5"):
-        fl.convert(CFG, params, tmp_path / "a", cluster_size=5)
+        convert(CFG, params, tmp_path / "a", cluster_size=5)
     with pytest.raises(ConfigError, match="group size 12"):
-        fl.convert(CFG, params, tmp_path / "b", dtype="int8", group_size=12)
+        convert(CFG, params, tmp_path / "b", dtype="int8", group_size=12)
     with pytest.raises(ConfigError, match="storage dtype"):
-        fl.convert(CFG, params, tmp_path / "c", dtype="int3")
+        convert(CFG, params, tmp_path / "c", dtype="int3")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -115,7 +119,20 @@ def test_interrupted_convert_leaves_no_layout(params, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fl.safetensors.numpy, "save_file", boom)
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        fl.convert(CFG, params, tmp_path / "flash")
+        convert(CFG, params, tmp_path / "flash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_a_layout_imports_no_jax(params, tmp_path):
+    out = convert(CFG, params, tmp_path / "flash", dtype="int8", group_size=16, cluster_size=4)
+    code = (
+        "import sys\n"
+        "from pi2lab.storage.layout import verify\n"
+        f"params = verify({str(out)!r}).full_params()\n"
+        f"assert len(params['layers']) == {CFG.num_layers}\n"
+        "assert 'jax' not in sys.modules, 'reading a flash layout imported jax'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

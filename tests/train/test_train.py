@@ -70,7 +70,7 @@ def test_short_training_run_learns_and_steers_sparsity():
     l1s = [r["l1"] for r in evals]
     assert l1s[-1] > l1s[0] > 0  # below target sparsity, the controller raises the penalty
     model = pl.Model(config=cfg, params=params, tokenizer=tok)
-    assert model.generate("The function", max_new_tokens=4).tokens.size >= 1
+    assert pl.generate(model, "The function", max_new_tokens=4).tokens.size >= 1
 
 
 def test_too_small_corpus_is_refused():

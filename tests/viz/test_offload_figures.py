@@ -84,8 +84,7 @@ def test_timeline_gantt_unknown_stage_kept():
 
 
 def test_valid_cluster_sizes_follow_the_plan():
-    from pi2lab.engine.sparse import SparsePlan
-    from pi2lab.kernels.sparse_ffn import ClusterPlan
+    from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 
     plan = SparsePlan(
         layers=(

@@ -1,0 +1,231 @@
+"""The phones PowerInfer-2 was evaluated on, as hardware profiles built from the paper's
+published device figures (arXiv 2406.06282), with every assumption labelled ``assumed:`` in
+``sources``; and :func:`resolve_profile`, which takes a built-in name or a profile file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pi2lab.errors import ConfigError
+from pi2lab.plan import paper
+from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+
+PAPER = "PowerInfer-2 (arXiv 2406.06282)"
+_PAPER_MD = "arXiv 2406.06282"
+
+# Decode cost fitted once from the paper's in-memory decode speed (see _phone_compute_fit).
+_HIDDEN, _FFN, _LAYERS, _KV_WIDTH, _VOCAB = 4096, 14336, 32, 1024, 32000
+_INT4_BYTES_PER_WEIGHT = 7.5 * 1024 / (3 * 4096)  # one INT4 bundle: 7.5 KB for 3 x 4096
+_MIXTRAL_FFN_WEIGHTS = 32 * 8 * 3 * 4096 * 14336
+_MIXTRAL_PREDICTOR_BYTES = 2.6e9
+_ACTIVE_FFN = 0.10
+_IN_MEMORY_TOK_S = paper.PAPER["in_memory_mistral"]
+_MULTI_ISSUE_LOSS = 0.40
+
+BUILTIN_PROFILES = ("oneplus12", "oneplus-ace2")
+"""Names :func:`builtin` accepts."""
+
+
+def _phone_compute_fit() -> tuple[float, str]:
+    """GB/s of weight bytes a OnePlus 12 decode step streams, from 12.5 tok/s in memory."""
+    attn = _LAYERS * (2 * _HIDDEN * _HIDDEN + 2 * _HIDDEN * _KV_WIDTH)
+    head = _VOCAB * _HIDDEN
+    ffn = _LAYERS * 3 * _HIDDEN * _FFN
+    b = _INT4_BYTES_PER_WEIGHT
+    pred_share = _MIXTRAL_PREDICTOR_BYTES / (_MIXTRAL_FFN_WEIGHTS * b)
+    weights = (attn + head + _ACTIVE_FFN * ffn) * b
+    predictors = pred_share * ffn * b
+    per_token = weights + predictors
+    gbs = per_token * _IN_MEMORY_TOK_S / 1e9
+    dense_all = (attn + head + ffn) * b
+    text = (
+        f"fitted once from {PAPER} v1 §2 (motivation): TurboSparse-Mistral-7B decodes ~"
+        f"{_IN_MEMORY_TOK_S} tok/s in memory on the OnePlus 12 (PowerInfer-1 and LLM-in-a-Flash "
+        f"alike, both sparse engines; §7.1: 'Mistral-7B' in figures = TurboSparse-Mistral-7B). "
+        f"Bytes per token: INT4 at {b} B/weight incl. scales (flash layout: a 3 x 4096 "
+        f"INT4 neuron bundle is 7.5 KB) x [attention {attn / 1e9:.3f}G + LM head "
+        f"{head / 1e9:.3f}G + "
+        f"{_ACTIVE_FFN:.0%} of FFN {ffn / 1e9:.3f}G weights (assumed: TurboSparse ~90% of "
+        f"neurons inactive)] = {weights / 1e9:.3f} GB, + predictors {predictors / 1e9:.3f} GB "
+        f"(assumed: the Mixtral-47B budget's share, 2.6 GB predictors / "
+        f"{_MIXTRAL_FFN_WEIGHTS * b / 1e9:.1f} GB INT4 FFN = {pred_share:.1%}, of Mistral's "
+        f"{ffn * b / 1e9:.2f} GB FFN) = {per_token / 1e9:.3f} GB/token; x {_IN_MEMORY_TOK_S} "
+        f"tok/s = {gbs:.1f} GB/s, used for dense and sparse alike (one published speed cannot "
+        f"separate them). A dense reading ({dense_all / 1e9:.2f} GB/token x 12.5 = "
+        f"{dense_all * _IN_MEMORY_TOK_S / 1e9:.1f} GB/s) exceeds the 43.9 GB/s memory bandwidth, "
+        f"so 12.5 tok/s is not a dense pass"
+    )
+    return round(gbs, 1), text
+
+
+def _phone_storage(published: dict[int, float], scale: float = 1.0) -> tuple:
+    """1-thread points (published, or scaled and rounded to two significant figures) and
+    2-thread points at the paper's multi-issue loss."""
+    one = [
+        StoragePoint(block=b, threads=1, mb_per_s=r if scale == 1 else _sig2(r * scale))
+        for b, r in published.items()
+    ]
+    two = [
+        StoragePoint(block=p.block, threads=2, mb_per_s=_sig2(p.mb_per_s * (1 - _MULTI_ISSUE_LOSS)))
+        for p in one
+    ]
+    return tuple(one + two)
+
+
+def _sig2(x: float) -> float:
+    """Two significant figures: a derived figure carries no more than its inputs."""
+    return float(f"{x:.2g}")
+
+
+_BIG, _MID, _LITTLE = 1076.0, 1008.0, 762.0  # MB/s, 4 KB random reads by issuing core
+_UFS4_RANDOM = {4096: _BIG, 524288: 3500.0}
+_UFS4_SEQUENTIAL = 4000.0
+_UFS31_SEQUENTIAL = 2100.0
+_STORAGE_MODEL = (
+    "read_mbs interpolates log-linearly between the published block sizes and is flat "
+    "outside them; "
+)
+_TWO_THREADS = (
+    f"2 threads: the 1-thread figure x {1 - _MULTI_ISSUE_LOSS:.1f}; {PAPER} v1 (I/O "
+    f"pipeline): issuing reads from several cores loses up to {_MULTI_ISSUE_LOSS:.0%} (UFS has "
+    "one command queue; PowerInfer-2 uses exactly one I/O thread); the stated upper bound of the "
+    "loss, "
+    "applied at every block size (assumed)"
+)
+
+
+def _oneplus12() -> HardwareProfile:
+    compute, compute_src = _phone_compute_fit()
+    return HardwareProfile(
+        name="oneplus12",
+        description=(
+            "OnePlus 12: Snapdragon 8 Gen 3 (1 big + 5 mid + 2 little cores), 24 GB with 19 GB "
+            f"usable, UFS 4.0; published figures from {PAPER}"
+        ),
+        cpu_threads=6,
+        ram_bytes=19_000_000_000,
+        memory_gbs=43.9,
+        dense_gbs=compute,
+        sparse_gbs=compute,
+        storage=_phone_storage(_UFS4_RANDOM),
+        sequential_mbs=_UFS4_SEQUENTIAL,
+        sources={
+            "cpu_threads": (
+                f"{PAPER} v1 §2: 8 cores, 1 big + 5 mid + 2 little. Assumed: PowerInfer-2 "
+                "computes on the big and the 5 mid cores (6 threads) and leaves the little cores "
+                "out (slowest; issuing 4 KB reads from one reaches 762 vs 1,076 MB/s from the big "
+                "core); its single I/O thread mostly waits in reads and shares the big core"
+            ),
+            "ram_bytes": f"{PAPER} v1 §7.1 (Table 3): 24 GB, 19 GB usable; {_PAPER_MD}",
+            "memory_gbs": (
+                f"{PAPER} v1 §2: CPU memory bandwidth 43.9 GB/s measured while running a 7B "
+                f"model; {_PAPER_MD}"
+            ),
+            "dense_gbs": compute_src,
+            "sparse_gbs": "same fit as dense_gbs: " + compute_src,
+            "storage": (
+                f"{PAPER} v1 §2 (UFS 4.0 characterisation), {_PAPER_MD}: 1 thread: 4 KB random "
+                f"{_BIG:,.0f} MB/s issued from the big core within a 128 MB range (mid core "
+                f"{_MID:,.0f}, little {_LITTLE:,.0f}; ~1 GB/s overall; under 850 MB/s within a 512 "
+                "MB range, so spread-out flash files read slower); 512 KB random 3,500 MB/s. "
+                + _STORAGE_MODEL
+                + _TWO_THREADS
+            ),
+            "sequential_mbs": (
+                f"{PAPER} v1 §2, {_PAPER_MD}: UFS 4.0 sequential reads 450 MB/s at 4 KB rising "
+                "to 4 GB/s at 512 KB; the large-read figure"
+            ),
+        },
+    )
+
+
+def _oneplus_ace2() -> HardwareProfile:
+    ratio = _UFS31_SEQUENTIAL / _UFS4_SEQUENTIAL
+    dram = 51.2 / 76.8  # peak LPDDR5-6400 / LPDDR5X-9600, 64-bit bus
+    compute, _ = _phone_compute_fit()
+    memory = _sig2(43.9 * dram)
+    scaled_compute = round(compute * dram, 1)
+    dram_note = (
+        "assumed: scaled from the OnePlus 12 by peak DRAM rate, Snapdragon 8+ Gen 1 LPDDR5-6400 "
+        "(51.2 GB/s) / Snapdragon 8 Gen 3 LPDDR5X-9600 (76.8 GB/s) = "
+        f"{dram:.3f} (Qualcomm spec sheets; not measured in the paper)"
+    )
+    return HardwareProfile(
+        name="oneplus-ace2",
+        description=(
+            "OnePlus Ace 2: Snapdragon 8+ Gen 1 (1 big + 3 mid + 4 little cores), 16 GB with "
+            "11 GB usable, UFS 3.1; device facts from "
+            f"{PAPER}, rates mostly assumed (the paper publishes no UFS 3.1 curve)"
+        ),
+        cpu_threads=4,
+        ram_bytes=11_000_000_000,
+        memory_gbs=memory,
+        dense_gbs=scaled_compute,
+        sparse_gbs=scaled_compute,
+        storage=_phone_storage(_UFS4_RANDOM, ratio),
+        sequential_mbs=_UFS31_SEQUENTIAL,
+        sources={
+            "cpu_threads": (
+                "assumed: the big and the 3 mid cores of the Snapdragon 8+ Gen 1 (Cortex-X2 + 3 "
+                "A710 + 4 A510, Qualcomm spec sheet), little cores left out as on the OnePlus 12"
+            ),
+            "ram_bytes": f"{PAPER} v1 §7.1 (Table 3): 16 GB, 11 GB usable; {_PAPER_MD}",
+            "memory_gbs": (
+                f"43.9 GB/s x {dram:.3f} = {43.9 * dram:.1f}, ~{memory:g} GB/s (two significant "
+                f"figures); {dram_note}"
+            ),
+            "dense_gbs": (
+                f"the OnePlus 12 fit ({compute} GB/s, see oneplus12) x {dram:.3f} = "
+                f"{scaled_compute} GB/s; {dram_note}; the older CPU cores (X2/A710 vs X4/A720) "
+                "may make it lower still"
+            ),
+            "sparse_gbs": f"same as dense_gbs: {compute} x {dram:.3f} = {scaled_compute} GB/s",
+            "storage": (
+                "assumed: the OnePlus 12's UFS 4.0 random-read figures (4 KB 1,076, 512 KB 3,500 "
+                f"MB/s, {PAPER} v1 §2) x {ratio:.3f}, the ratio of UFS 3.1 to UFS 4.0 sequential "
+                f"reads ({_UFS31_SEQUENTIAL:,.0f} / {_UFS4_SEQUENTIAL:,.0f} MB/s), rounded to two "
+                "significant figures; the paper gives no UFS 3.1 curve. "
+                + _STORAGE_MODEL
+                + _TWO_THREADS
+            ),
+            "sequential_mbs": (
+                "assumed: UFS 3.1 spec-sheet sequential read ~2,100 MB/s (JEDEC UFS 3.1, HS-G4 "
+                "x2 lanes; typical vendor figure), not measured in the paper"
+            ),
+        },
+    )
+
+
+_BUILDERS = {"oneplus12": _oneplus12, "oneplus-ace2": _oneplus_ace2}
+
+
+def builtin(name: str) -> HardwareProfile:
+    """The published profile ``name`` (one of :data:`BUILTIN_PROFILES`).
+
+    Raises:
+      ConfigError: an unknown name; the message lists the valid ones.
+    """
+    if name not in _BUILDERS:
+        raise ConfigError(
+            f"unknown hardware profile {name!r}; built-in profiles: {', '.join(BUILTIN_PROFILES)}"
+        )
+    return _BUILDERS[name]()
+
+
+def resolve_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
+    """A built-in profile by name, else the JSON profile file at ``name_or_path``.
+
+    Raises:
+      ConfigError: neither a built-in name nor a readable, valid profile file.
+    """
+    text = os.fspath(name_or_path)
+    if text in _BUILDERS:
+        return builtin(text)
+    if Path(text).exists() or os.sep in text or text.endswith(".json"):
+        return HardwareProfile.load(text)
+    raise ConfigError(
+        f"unknown hardware profile {text!r}: not a file, and not one of the built-in profiles "
+        f"({', '.join(BUILTIN_PROFILES)})"
+    )
