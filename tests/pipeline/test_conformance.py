@@ -15,6 +15,7 @@ import pytest
 
 import pi2lab as pl
 from pi2lab.cache import NeuronCache
+from pi2lab.convert import convert
 from pi2lab.engine.offload import OffloadConfig
 from pi2lab.pipeline.scheduler import (
     Buffers,
@@ -27,7 +28,7 @@ from pi2lab.pipeline.scheduler import (
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.plan.virtual import Costs, VirtualFfn
 from pi2lab.storage.io import IOEngine
-from pi2lab.storage.layout import BITS, convert, open_layout
+from pi2lab.storage.layout import BITS, open_layout
 from tests.conftest import tiny_config
 
 TOKENS = 12
