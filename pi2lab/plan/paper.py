@@ -1,6 +1,7 @@
-"""PowerInfer-2's published figures, as data: the results the reproduction sets its simulated
-figures beside (:mod:`pi2lab.plan.reproduce`), read by the phone profiles
-(:mod:`pi2lab.plan.phones`), the reproduction notebook and the benches from this one place.
+"""PowerInfer-2's published results, as data: :mod:`pi2lab.plan.reproduce` sets its simulated
+figures beside them; the phone profiles (:mod:`pi2lab.plan.phones`), the figures
+(:mod:`pi2lab.viz.plan`) and the notebooks read them from here, as should anything else that
+quotes one.
 
 Source: arXiv 2406.06282, copied into :data:`PAPER`; tokens/s unless named otherwise.
 """
