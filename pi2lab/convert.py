@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import safetensors.numpy
 
 from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
-from pi2lab.fileio import make_readable
+from pi2lab.fileio import atomic_dir
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.params import merge_ffn
 from pi2lab.model.pretrained import load_pretrained, resolve
@@ -97,9 +95,7 @@ def convert(
             f"group size {group_size}: expected an even divisor of the hidden size {d}"
         )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         stride = round_up(c * bundle_bytes(d, dtype))
         (tmp / "ffn").mkdir()
         tensors = _resident_tensors(cfg, params)
@@ -140,13 +136,6 @@ def convert(
         (tmp / HEADER).write_text(json.dumps(header, indent=1) + "\n")
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
-        for path in [tmp, tmp / "ffn", *tmp.iterdir(), *(tmp / "ffn").iterdir()]:
-            make_readable(path, directory=path.is_dir())
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -40,11 +40,11 @@ import safetensors
 from pi2lab.config import ModelConfig
 from pi2lab.errors import StorageError
 from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.storage.io import ALIGN
 
 FORMAT = "pi2lab-flash-1"
 HEADER = "flash.json"
 RESIDENT = "resident.safetensors"
-ALIGN = 4096
 FFN_KEYS = ("gate", "up", "down")
 StorageDtype = Literal["f32", "f16", "int8", "int4"]
 BITS = {"f32": 32, "f16": 16, "int8": 8, "int4": 4}

@@ -1,17 +1,18 @@
-"""Figure builders of pi2lab.viz.offload on tiny hand-made inputs (no engine, no timing)."""
+"""Figure builders and apps of pi2lab.viz.offload_figures / offload_apps on tiny hand-made
+inputs (no engine, no timing)."""
 
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 
-from pi2lab.viz import offload
+from pi2lab.viz import offload_apps, offload_figures
 
 
 def test_cache_by_layer_bars_and_bound_markers():
     rates = {"LRU": np.array([0.5, 0.25, 0.75])}
     reads = {"LRU": np.array([10.0, 20.0, 5.0])}
-    fig = offload.cache_by_layer(
+    fig = offload_figures.cache_by_layer(
         rates, reads, bound_hit_rate=np.array([0.6, 0.5, 0.8]), bound_reads=np.array([8, 9, 4])
     )
     assert isinstance(fig, go.Figure)
@@ -26,7 +27,7 @@ def test_cache_by_layer_bars_and_bound_markers():
 
 def test_cache_by_layer_without_bound_and_two_policies():
     rates = {"LRU": [0.1, 0.2], "LFU": [0.3, 0.4]}
-    fig = offload.cache_by_layer(rates, {"LRU": [1, 2], "LFU": [3, 4]})
+    fig = offload_figures.cache_by_layer(rates, {"LRU": [1, 2], "LFU": [3, 4]})
     assert len(fig.data) == 4
     assert all(isinstance(t, go.Bar) for t in fig.data)
     assert [t.name for t in fig.data] == ["LRU", "LFU", "LRU", "LFU"]
@@ -35,7 +36,7 @@ def test_cache_by_layer_without_bound_and_two_policies():
 def test_hit_rate_vs_budget_draws_bound_dashed():
     budgets = np.array([0.1, 0.3, 0.5, 0.7])
     curves = {"LRU": [0.2, 0.4, 0.6, 0.8], "Belady": [0.3, 0.5, 0.7, 0.9]}
-    fig = offload.hit_rate_vs_budget(budgets, curves, layer=2)
+    fig = offload_figures.hit_rate_vs_budget(budgets, curves, layer=2)
     assert [t.name for t in fig.data] == ["LRU", "Belady (offline optimum)"]
     assert fig.data[1].line.dash == "dash"
     np.testing.assert_allclose(fig.data[0].x, budgets)
@@ -64,7 +65,7 @@ def test_timeline_gantt_one_trace_per_stage_on_thread_rows():
         _row("compute", "compute", 2.5, 3.0, layer=1, units=5),
         _row("head", "compute", 3.0, 3.2, layer=-1),
     ]
-    fig = offload.timeline_gantt(rows, title="t")
+    fig = offload_figures.timeline_gantt(rows, title="t")
     assert isinstance(fig, go.Figure)
     assert [t.name for t in fig.data] == ["attention", "compute", "wait", "read", "head"]
     read = fig.data[3]
@@ -79,7 +80,7 @@ def test_timeline_gantt_one_trace_per_stage_on_thread_rows():
 
 
 def test_timeline_gantt_unknown_stage_kept():
-    fig = offload.timeline_gantt([_row("prefill", "compute", 0.0, 4.0)])
+    fig = offload_figures.timeline_gantt([_row("prefill", "compute", 0.0, 4.0)])
     assert [t.name for t in fig.data] == ["prefill"]
 
 
@@ -92,13 +93,13 @@ def test_valid_cluster_sizes_follow_the_plan():
             ClusterPlan(hot=8, cluster_size=16, capacity=4),
         )
     )
-    assert offload.valid_cluster_sizes(plan) == [1, 2, 4, 8]
+    assert offload_apps.valid_cluster_sizes(plan) == [1, 2, 4, 8]
 
 
 def test_cache_explorer_redraws_on_controls():
     rng = np.random.default_rng(0)
     masks = [rng.random((40, u)) < 0.3 for u in (12, 20, 16)]
-    app = offload.CacheExplorer(masks, warmup=4, budget=0.25)
+    app = offload_apps.CacheExplorer(masks, warmup=4, budget=0.25)
     assert len(app.figure.data) == 4
     assert len(app.figure.data[0].y) == 3
     before = np.array(app.figure.data[0].y)

@@ -1,11 +1,6 @@
-"""Figures and small widget apps for the neuron-cache and pipeline notebooks (03, 04).
-
-Figure builders take arrays (or timeline rows) and return ``go.Figure``; the apps own their
-controls, one ``go.FigureWidget`` and an ``Output`` for errors, as in :mod:`pi2lab.viz.apps`.
-The helpers between them run the library: trace replay through the real policies
-(:func:`pi2lab.cache.simulate`) and short decodes on the real offload engine.
-
-Shapes: T tokens, L layers, U units per layer, B budgets.
+"""Widget apps for the neuron-cache and pipeline notebooks (03, 04), and the short measured
+decodes the pipeline app runs on the real offload engine. Each app owns its controls, one
+``go.FigureWidget`` and an ``Output`` for errors, as in :mod:`pi2lab.viz.apps`.
 """
 
 from __future__ import annotations
@@ -15,183 +10,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ipywidgets as widgets
+import jax
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from pi2lab.cache import simulate, unit_masks
-from pi2lab.policies import Belady
-from pi2lab.policies.registry import make_policy, parse_policy, policy_label
-
-POLICIES = ("lru", "lfu", "window", "static-hot", "segmented")
-STAGE_COLORS = {
-    "attention": "#4c78a8",
-    "compute": "#54a24b",
-    "wait": "#e45756",
-    "read": "#f58518",
-    "head": "#b279a2",
-}
-REPLAYED = "replayed on the recorded trace"
-
-# -- trace replay -----------------------------------------------------------------------------
-
-
-def layer_unit_masks(trace, plan, cluster_size: int, tokens: int, *, hot_block: bool = True):
-    """Per-layer unit masks ``[T, U]`` of the first ``tokens`` tokens of an activation trace.
-
-    A unit (``cluster_size`` neurons) is needed when any of its neurons fired. With
-    ``hot_block`` the plan's hot block counts as needed every token, as the sparse decode
-    computes it densely.
-    """
-    return [
-        unit_masks(trace.active(i)[:tokens], cluster_size, hot=lp.hot if hot_block else 0)
-        for i, lp in enumerate(plan.layers)
-    ]
-
-
-def policy_factory(name: str, *, hot_fraction: float = 0.5, segmented: bool = True):
-    """``(universe, capacity) -> Policy`` for a registry name (:mod:`pi2lab.policies.registry`),
-    built as the engine builds it; ``segmented=False`` turns ``segmented`` into plain LRU."""
-    if parse_policy(name)[0] == "segmented" and not segmented:
-        name = "lru"
-    return lambda universe, capacity: make_policy(
-        name, units=universe, capacity=capacity, hot_fraction=hot_fraction
-    )
-
-
-def capacity_of(budget: float, universe: int) -> int:
-    """Cache slots for a budget given as a share of the layer's units."""
-    return round(budget * universe)
-
-
-def replay(masks: Sequence[np.ndarray], policy, budget: float, warmup: int = 0):
-    """Hit rate ``[L]`` and units read per token ``[L]`` of ``policy`` (a name, or
-    ``(universe, capacity) -> Policy``) replayed on per-layer masks ``[T, U]``."""
-    factory = policy if callable(policy) else policy_factory(policy)
-    rates, reads = [], []
-    for m in masks:
-        cap = capacity_of(budget, m.shape[1])
-        s = simulate(factory(m.shape[1], cap), m, cap, warmup)
-        rates.append(s.hit_rate)
-        reads.append(s.units_read_per_token)
-    return np.array(rates), np.array(reads)
-
-
-def belady_replay(masks: Sequence[np.ndarray], budget: float, warmup: int = 0):
-    """:func:`replay` of Belady's offline optimum (built per layer from its own trace)."""
-    stats = [
-        simulate(Belady.from_masks(m), m, capacity_of(budget, m.shape[1]), warmup) for m in masks
-    ]
-    return np.array([s.hit_rate for s in stats]), np.array([s.units_read_per_token for s in stats])
-
-
-def budget_sweep(masks: np.ndarray, budgets, policies=POLICIES, warmup: int = 0, **kw):
-    """Hit rate per policy against the budget on one layer ``masks [T, U]``:
-    ``{label: [B]}`` (:func:`~pi2lab.policies.registry.policy_label`), Belady's included under
-    ``"Belady"``."""
-    out = {}
-    for name in [*policies, "Belady"]:
-        curve = []
-        for b in budgets:
-            cap = capacity_of(b, masks.shape[1])
-            pol = (
-                Belady.from_masks(masks)
-                if name == "Belady"
-                else policy_factory(name, **kw)(masks.shape[1], cap)
-            )
-            curve.append(simulate(pol, masks, cap, warmup).hit_rate)
-        out[name if name == "Belady" else policy_label(name)] = np.array(curve)
-    return out
-
-
-# -- cache figures ----------------------------------------------------------------------------
-
-
-def cache_by_layer(
-    hit_rate: dict[str, np.ndarray],
-    reads: dict[str, np.ndarray],
-    *,
-    bound_hit_rate: np.ndarray | None = None,
-    bound_reads: np.ndarray | None = None,
-    title: str = f"Neuron cache per layer ({REPLAYED})",
-) -> go.Figure:
-    """Two panels over layers: hit rate and units read from flash per token. Each policy in
-    ``hit_rate`` / ``reads`` (``{name: [L]}``) is a bar set; the bound (Belady) is markers."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("hit rate", "units read from flash per token")
-    )
-    for col, values, bound in ((1, hit_rate, bound_hit_rate), (2, reads, bound_reads)):
-        for k, (name, v) in enumerate(values.items()):
-            v = np.asarray(v, float)
-            fig.add_trace(
-                go.Bar(
-                    x=np.arange(v.size),
-                    y=v,
-                    name=name,
-                    legendgroup=name,
-                    showlegend=col == 1,
-                    marker_color=_color(k),
-                ),
-                row=1,
-                col=col,
-            )
-        if bound is not None:
-            b = np.asarray(bound, float)
-            fig.add_trace(
-                go.Scatter(
-                    x=np.arange(b.size),
-                    y=b,
-                    mode="markers",
-                    name="Belady (offline optimum)",
-                    legendgroup="Belady",
-                    showlegend=col == 1,
-                    marker=dict(symbol="diamond", size=11, color="black"),
-                ),
-                row=1,
-                col=col,
-            )
-    fig.update_xaxes(title_text="layer", dtick=1)
-    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=1)
-    fig.update_layout(
-        title=title, barmode="group", template="plotly_white", height=380, legend_orientation="h"
-    )
-    return fig
-
-
-def hit_rate_vs_budget(
-    budgets: np.ndarray, curves: dict[str, np.ndarray], *, layer: int, bound: str = "Belady"
-) -> go.Figure:
-    """Hit rate against the cache budget (share of the layer's units), one line per policy;
-    the curve named ``bound`` is drawn dashed black."""
-    fig = go.Figure()
-    for k, (name, y) in enumerate(curves.items()):
-        is_bound = name == bound
-        fig.add_trace(
-            go.Scatter(
-                x=np.asarray(budgets, float),
-                y=np.asarray(y, float),
-                mode="lines+markers",
-                name=f"{name} (offline optimum)" if is_bound else name,
-                line=dict(color="black", dash="dash") if is_bound else dict(color=_color(k)),
-            )
-        )
-    fig.update_layout(
-        title=f"Layer {layer}: hit rate against the cache budget ({REPLAYED})",
-        xaxis_title="cache budget (share of the layer's units)",
-        yaxis_title="hit rate",
-        xaxis_tickformat=".0%",
-        yaxis_tickformat=".0%",
-        yaxis_range=[0, 1.05],
-        template="plotly_white",
-        height=380,
-    )
-    return fig
-
-
-def _color(k: int) -> str:
-    palette = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
-    return palette[k % len(palette)]
-
+from pi2lab.convert import convert_pretrained
+from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
+from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.viz.cache_replay import (
+    POLICIES,
+    REPLAYED,
+    belady_replay,
+    policy_factory,
+    policy_label,
+    replay,
+)
+from pi2lab.viz.offload_figures import cache_by_layer, timeline_gantt
 
 # -- cache app --------------------------------------------------------------------------------
 
@@ -286,46 +121,6 @@ class CacheExplorer:
         return widgets.VBox([controls, self.figure, self.errors])
 
 
-# -- decode timeline --------------------------------------------------------------------------
-
-
-def timeline_gantt(rows: Sequence[dict], *, title: str = "One decode token") -> go.Figure:
-    """Gantt chart of one token's events (:meth:`pi2lab.pipeline.timeline.Timeline.rows`):
-    y is the thread (``compute``, ``io0``, ...), one bar per event coloured by stage, hover
-    with layer, units and bytes."""
-    threads = sorted({r["thread"] for r in rows}, key=lambda t: (t != "compute", t))
-    fig = go.Figure()
-    stages = [s for s in STAGE_COLORS if any(r["stage"] == s for r in rows)]
-    stages += sorted({r["stage"] for r in rows} - set(stages))
-    for stage in stages:
-        ev = [r for r in rows if r["stage"] == stage]
-        fig.add_trace(
-            go.Bar(
-                name=stage,
-                orientation="h",
-                y=[r["thread"] for r in ev],
-                base=[r["start_ms"] for r in ev],
-                x=[r["end_ms"] - r["start_ms"] for r in ev],
-                marker_color=STAGE_COLORS.get(stage, "#bab0ac"),
-                customdata=[[r["layer"], r["units"], r["nbytes"] / 1024] for r in ev],
-                hovertemplate=(
-                    f"{stage}<br>layer %{{customdata[0]}}<br>units %{{customdata[1]}}"
-                    "<br>%{customdata[2]:.0f} KiB<br>%{base:.2f} ms + %{x:.2f} ms<extra></extra>"
-                ),
-            )
-        )
-    fig.update_layout(
-        title=title,
-        barmode="overlay",
-        xaxis_title="ms since the token started (measured)",
-        yaxis=dict(categoryorder="array", categoryarray=threads[::-1], title="thread"),
-        template="plotly_white",
-        height=200 + 40 * len(threads),
-        legend_orientation="h",
-    )
-    return fig
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeRun:
     """A short measured decode on the offload engine.
@@ -355,11 +150,6 @@ class DecodeRun:
 def decode_run(flash_dir, config, prompt_ids, steps: int, seed: int = 0) -> DecodeRun:
     """Prefills ``prompt_ids`` and decodes ``steps`` greedy tokens on an
     :class:`~pi2lab.engine.offload.OffloadEngine`."""
-    import jax
-
-    from pi2lab.engine.offload import OffloadEngine
-    from pi2lab.engine.sampling import SamplingKnobs
-
     with OffloadEngine(flash_dir, config) as eng:
         knobs, key = SamplingKnobs.make(), jax.random.key(seed)
         tok, pos, stats = eng.prefill(prompt_ids, key, knobs), len(prompt_ids), []
@@ -379,8 +169,6 @@ class FlashLayouts:
         self._paths: dict[int, Path] = {}
 
     def __call__(self, cluster_size: int) -> Path:
-        from pi2lab.convert import convert_pretrained
-
         if cluster_size not in self._paths:
             out = self.root / f"c{cluster_size}"
             self._paths[cluster_size] = convert_pretrained(
@@ -413,8 +201,6 @@ class PipelineExplorer:
 
     def __init__(self, layouts: FlashLayouts, prompt_ids, *, steps: int, sizes: Sequence[int]):
         self.layouts, self.prompt_ids, self.steps = layouts, list(prompt_ids), steps
-        from pi2lab.engine.offload import ENGINES
-
         self.cluster = widgets.Dropdown(options=list(sizes), value=4, description="cluster size")
         self.depth = widgets.SelectionSlider(
             options=[1, 2, 4, 8, 16, 32, 64], value=32, description="depth", continuous_update=False
@@ -441,9 +227,6 @@ class PipelineExplorer:
 
     def config(self):
         """The :class:`~pi2lab.engine.offload.OffloadConfig` the controls describe."""
-        from pi2lab.engine.offload import OffloadConfig
-        from pi2lab.pipeline.scheduler import PipelineConfig
-
         pipe = PipelineConfig(
             mode=self.mode.value,
             depth=self.depth.value,
