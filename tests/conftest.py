@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random checkpoints written by Hugging Face transformers.
+"""Shared fixtures and builders: tiny configs, model shapes and hardware profiles, random
+traces and policies (hypothesis strategies), tiny random checkpoints written by Hugging Face
+transformers.
 
 Every axis has its own size (hidden 48, heads 6, kv heads 2, head dim 10, FFN 56, vocab 97,
 layers 3) so a swapped axis cannot pass.
@@ -12,6 +14,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
+
+from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.shapes import ModelShape
+from pi2lab.policies import LFU, LRU, Belady, Policy, Segmented, StaticHot, Window
 
 TINY = dict(
     vocab_size=97,
@@ -82,3 +89,68 @@ def hf_checkpoints(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def tiny_shape() -> ModelShape:
+    """One layer, 96 neurons of 192 bytes (int4, D=128): one 4 KiB read per unit."""
+    cfg = tiny_config(
+        vocab_size=100,
+        hidden_size=128,
+        intermediate_size=96,
+        num_heads=4,
+        head_dim=32,
+        num_layers=1,
+    )
+    return ModelShape(name="tiny", config=cfg, active_fraction=(0.05,))
+
+
+def round_profile(storage: dict, **fields) -> HardwareProfile:
+    """A hardware profile in round numbers for tests (not a measurement); ``storage`` maps
+    ``(block bytes, threads)`` to MB/s."""
+    base = dict(
+        name="round",
+        description="round numbers for tests",
+        cpu_threads=2,
+        ram_bytes=8_000_000_000,
+        memory_gbs=20.0,
+        dense_gbs=10.0,
+        sparse_gbs=5.0,
+        sequential_mbs=2000.0,
+    )
+    points = tuple(
+        StoragePoint(block=b, threads=t, mb_per_s=float(v)) for (b, t), v in storage.items()
+    )
+    return HardwareProfile(storage=points, **{**base, **fields})
+
+
+# -- random traces and policies (hypothesis) ------------------------------------------------
+@st.composite
+def traces(draw, max_units: int = 64, max_tokens: int = 40) -> tuple[list[np.ndarray], int, int]:
+    """(trace, universe, capacity): ``trace[t]`` a sorted unique id array, some skewed."""
+    universe = draw(st.integers(1, max_units))
+    steps = draw(st.integers(1, max_tokens))
+    capacity = draw(st.integers(0, universe))
+    seed = draw(st.integers(0, 2**32 - 1))
+    skew = draw(st.sampled_from([0.0, 1.0, 2.5]))  # 0: uniform; else hot-first Zipf
+    density = draw(st.floats(0.0, 1.0))
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, universe + 1) ** skew
+    p *= min(density * universe / p.sum(), 1.0 / p.max())  # per-unit firing probability
+    trace = [np.flatnonzero(rng.random(universe) < p) for _ in range(steps)]
+    return trace, universe, capacity
+
+
+@st.composite
+def policies(draw, trace: list[np.ndarray], universe: int) -> Policy:
+    kind = draw(st.sampled_from(["lru", "lfu", "window", "static", "segmented", "belady"]))
+    if kind == "window":
+        return Window(k=draw(st.integers(1, 6)))
+    if kind == "segmented":
+        return Segmented(
+            hot_units=draw(st.integers(0, universe)),
+            hot_fraction=draw(st.floats(0.0, 1.0)),
+            group=draw(st.integers(1, 9)),
+        )
+    if kind == "belady":
+        return Belady(future=trace)
+    return {"lru": LRU(), "lfu": LFU(), "static": StaticHot()}[kind]

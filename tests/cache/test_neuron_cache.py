@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pi2lab.cache import CacheStats, NeuronCache, simulate, simulate_layers, unit_masks
 from pi2lab.errors import ConfigError
 from pi2lab.policies import LFU, LRU, Belady, Segmented, StaticHot, Window, resident
-from tests.policies.test_policies import policies, traces
+from tests.conftest import policies, traces
 
 
 @settings(max_examples=60, deadline=None)

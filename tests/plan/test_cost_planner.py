@@ -15,26 +15,15 @@ from pi2lab.errors import BudgetError
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, envelope, token_seconds
-from pi2lab.plan.hardware import HardwareProfile, StoragePoint
 from pi2lab.plan.planner import plan
 from pi2lab.plan.stats import layout_stats, record_requests
 from pi2lab.storage.layout import open_layout
-from tests.conftest import tiny_config
+from tests.conftest import round_profile, tiny_config
 
-PROFILE = HardwareProfile(
-    name="round",
-    description="round numbers",
-    cpu_threads=2,
+PROFILE = round_profile(
+    {(4096, 1): 100.0, (1 << 20, 1): 1000.0, (4096, 2): 150.0, (1 << 20, 2): 1500.0},
     ram_bytes=10**10,
     memory_gbs=10.0,
-    dense_gbs=10.0,
-    sparse_gbs=5.0,
-    storage=(
-        StoragePoint(block=4096, threads=1, mb_per_s=100.0),
-        StoragePoint(block=1 << 20, threads=1, mb_per_s=1000.0),
-        StoragePoint(block=4096, threads=2, mb_per_s=150.0),
-        StoragePoint(block=1 << 20, threads=2, mb_per_s=1500.0),
-    ),
     sequential_mbs=1000.0,
 )
 

@@ -1,42 +1,15 @@
 """Hardware profiles: JSON round trip and validation, interpolation, and ``pi2lab profile-hw``.
 No timing assertions."""
 
-import dataclasses
 import json
 
 import pytest
 
 from pi2lab.cli import main
 from pi2lab.errors import ConfigError
-from pi2lab.plan.hardware import FORMAT, HardwareProfile, StoragePoint
+from pi2lab.plan.hardware import FORMAT, HardwareProfile
 from pi2lab.plan.phones import builtin
-
-NUMERIC = [
-    f.name
-    for f in dataclasses.fields(HardwareProfile)
-    if f.name not in ("name", "description", "sources")
-]
-
-
-def toy(**overrides) -> HardwareProfile:
-    fields = dict(
-        name="toy",
-        description="a toy device",
-        cpu_threads=3,
-        ram_bytes=5_000_000_000,
-        memory_gbs=20.5,
-        dense_gbs=17.25,
-        sparse_gbs=9.0,
-        storage=(
-            StoragePoint(block=4096, threads=1, mb_per_s=100.0),
-            StoragePoint(block=65536, threads=1, mb_per_s=500.0),
-            StoragePoint(block=4096, threads=4, mb_per_s=300.0),
-            StoragePoint(block=65536, threads=4, mb_per_s=900.0),
-        ),
-        sequential_mbs=1200.0,
-        sources={"memory_gbs": "made up"},
-    )
-    return HardwareProfile(**{**fields, **overrides})
+from tests.plan.conftest import toy
 
 
 def write_json(path, data):

@@ -4,7 +4,7 @@ import numpy as np
 
 from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.measure import measure
-from tests.plan.test_hardware import NUMERIC
+from tests.plan.conftest import NUMERIC
 
 
 def test_measure_quick_on_a_small_file(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from pi2lab.errors import ConfigError
 from pi2lab.plan.hardware import HardwareProfile, format_profile
 from pi2lab.plan.phones import BUILTIN_PROFILES, builtin, resolve_profile
-from tests.plan.test_hardware import NUMERIC, toy
+from tests.plan.conftest import NUMERIC, toy
 
 
 @pytest.mark.parametrize("name", BUILTIN_PROFILES)

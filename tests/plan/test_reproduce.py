@@ -23,7 +23,7 @@ from pi2lab.plan import reproduce as rp
 from pi2lab.plan.phones import builtin
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.tables import format_reproduction
-from tests.plan.test_simulator import tiny
+from tests.conftest import tiny_shape
 
 PAPER_MD = Path("/work/shared/paper/powerinfer2.md")
 
@@ -152,7 +152,7 @@ def test_format_says_simulated_in_every_header(result):
 
 
 def test_unbundled_reads_three_rows_per_unit():
-    shape = tiny()
+    shape = tiny_shape()
     masks = np.zeros((3, shape.units), bool)
     masks[:, [0, 2, 5]] = True
     kw = dict(

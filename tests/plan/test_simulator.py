@@ -15,28 +15,24 @@ import pytest
 from pi2lab.config import ModelConfig
 from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
-from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.shapes import ModelShape, get_shape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
 from pi2lab.policies import LRU
-from tests.conftest import tiny_config
+from tests.conftest import round_profile, tiny_config, tiny_shape
 
 
 def phone(scale_storage: float = 1.0) -> HardwareProfile:
     """A phone-like profile in round numbers (not a measurement)."""
-    return HardwareProfile(
+    return round_profile(
+        {(4096, 1): 1000.0 * scale_storage, (1 << 19, 1): 4000.0 * scale_storage},
         name="test-phone",
-        description="round numbers for tests",
         cpu_threads=8,
         ram_bytes=16_000_000_000,
         memory_gbs=40.0,
         dense_gbs=30.0,
         sparse_gbs=20.0,
-        storage=(
-            StoragePoint(block=4096, threads=1, mb_per_s=1000.0 * scale_storage),
-            StoragePoint(block=1 << 19, threads=1, mb_per_s=4000.0 * scale_storage),
-        ),
         sequential_mbs=4000.0 * scale_storage,
     )
 
@@ -55,21 +51,8 @@ def mini(layers: int = 3, **fields) -> ModelShape:
     return ModelShape(name="mini", config=cfg, active_fraction=frac, **fields)
 
 
-def tiny() -> ModelShape:
-    """One layer, 96 neurons of 192 bytes (int4, D=128): one 4 KiB read per unit."""
-    cfg = tiny_config(
-        vocab_size=100,
-        hidden_size=128,
-        intermediate_size=96,
-        num_heads=4,
-        head_dim=32,
-        num_layers=1,
-    )
-    return ModelShape(name="tiny", config=cfg, active_fraction=(0.05,))
-
-
 def test_tiny_case_time_is_attention_plus_reads_plus_compute():
-    shape, prof = tiny(), phone()
+    shape, prof = tiny_shape(), phone()
     masks = np.zeros((4, shape.units), bool)
     masks[:, [0, 2, 5]] = True  # three units, none adjacent: three 4 KiB reads
     r = simulate_decode(
@@ -107,7 +90,7 @@ def test_tiny_case_time_is_attention_plus_reads_plus_compute():
 
 
 def test_adjacent_units_coalesce_into_one_larger_read():
-    shape, prof = tiny(), phone()
+    shape, prof = tiny_shape(), phone()
     masks = np.zeros((2, shape.units), bool)
     masks[:, [0, 1, 2, 5]] = True
     kw = dict(

@@ -20,40 +20,7 @@ from pi2lab.policies import (
     Window,
     resident,
 )
-
-# ---------------------------------------------------------------- random traces and policies
-
-
-@st.composite
-def traces(draw, max_units: int = 64, max_tokens: int = 40) -> tuple[list[np.ndarray], int, int]:
-    """(trace, universe, capacity): ``trace[t]`` a sorted unique id array, some skewed."""
-    universe = draw(st.integers(1, max_units))
-    steps = draw(st.integers(1, max_tokens))
-    capacity = draw(st.integers(0, universe))
-    seed = draw(st.integers(0, 2**32 - 1))
-    skew = draw(st.sampled_from([0.0, 1.0, 2.5]))  # 0: uniform; else hot-first Zipf
-    density = draw(st.floats(0.0, 1.0))
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, universe + 1) ** skew
-    p *= min(density * universe / p.sum(), 1.0 / p.max())  # per-unit firing probability
-    trace = [np.flatnonzero(rng.random(universe) < p) for _ in range(steps)]
-    return trace, universe, capacity
-
-
-@st.composite
-def policies(draw, trace: list[np.ndarray], universe: int) -> Policy:
-    kind = draw(st.sampled_from(["lru", "lfu", "window", "static", "segmented", "belady"]))
-    if kind == "window":
-        return Window(k=draw(st.integers(1, 6)))
-    if kind == "segmented":
-        return Segmented(
-            hot_units=draw(st.integers(0, universe)),
-            hot_fraction=draw(st.floats(0.0, 1.0)),
-            group=draw(st.integers(1, 9)),
-        )
-    if kind == "belady":
-        return Belady(future=trace)
-    return {"lru": LRU(), "lfu": LFU(), "static": StaticHot()}[kind]
+from tests.conftest import policies, traces
 
 
 def assert_step(before: np.ndarray, ids: np.ndarray, a, after: np.ndarray, capacity: int):

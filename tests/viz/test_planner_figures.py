@@ -11,28 +11,15 @@ import plotly.graph_objects as go
 import pytest
 
 from pi2lab.plan.cost import LayerStats, ModelStats
-from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.shapes import ModelShape
 from pi2lab.viz import planner as vp
-from tests.conftest import tiny_config
+from tests.conftest import round_profile, tiny_config
 
 
 def profile(name="hand") -> HardwareProfile:
     """Round numbers, not a measurement."""
-    return HardwareProfile(
-        name=name,
-        description="round numbers for tests",
-        cpu_threads=2,
-        ram_bytes=8_000_000_000,
-        memory_gbs=20.0,
-        dense_gbs=10.0,
-        sparse_gbs=5.0,
-        storage=(
-            StoragePoint(block=4096, threads=1, mb_per_s=500.0),
-            StoragePoint(block=1 << 20, threads=1, mb_per_s=2000.0),
-        ),
-        sequential_mbs=2000.0,
-    )
+    return round_profile({(4096, 1): 500.0, (1 << 20, 1): 2000.0}, name=name)
 
 
 def layer(units, needed, curve=(0.0, 0.5, 0.8, 0.95, 1.0)) -> LayerStats:
