@@ -8,22 +8,34 @@ from pi2lab.engine.generate import GenerationResult, generate
 from pi2lab.engine.prefill import dense_logits, ffn_activations
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.state import KVCache
-from pi2lab.errors import CheckpointError, ConfigError, Pi2labError, PromptError, TrainingError
+from pi2lab.errors import (
+    BudgetError,
+    CheckpointError,
+    ConfigError,
+    MissingExtraError,
+    Pi2labError,
+    PromptError,
+    StorageError,
+    TrainingError,
+)
 from pi2lab.model.params import init_params
 from pi2lab.model.pretrained import Model, load_pretrained, save_pretrained
 from pi2lab.predict.profile import activation_sparsity
 
 __all__ = [
+    "BudgetError",
     "CheckpointError",
     "ConfigError",
     "GenerationResult",
     "KVCache",
+    "MissingExtraError",
     "Model",
     "ModelConfig",
     "Pi2labError",
     "PromptError",
     "RopeScaling",
     "SamplingKnobs",
+    "StorageError",
     "TrainingError",
     "activation_sparsity",
     "dense_logits",
