@@ -18,6 +18,7 @@ from pi2lab.engine.decode import decode_step
 from pi2lab.engine.prefill import bucket, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.state import KVCache
+from pi2lab.errors import ConfigError
 
 
 def machine() -> dict:
@@ -67,6 +68,11 @@ def run(what: str, **kwargs) -> dict:
         "offload": offload.bench_offload,
         "planner": planner.bench_planner,
     }
+    if what not in benches:
+        raise ConfigError(f"bench {what!r}: expected one of {', '.join(benches)}")
+    for name in ("steps", "layers"):
+        if kwargs.get(name) is not None and kwargs[name] < 1:
+            raise ConfigError(f"{name}={kwargs[name]}: expected at least 1")
     return benches[what](**{k: v for k, v in kwargs.items() if v is not None})
 
 

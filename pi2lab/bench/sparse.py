@@ -31,6 +31,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparsePlan, sparse_decode_step
 from pi2lab.engine.state import KVCache
+from pi2lab.errors import ConfigError
 from pi2lab.kernels.ffi import kernel_status
 from pi2lab.kernels.sparse_ffn import ClusterPlan, sparse_ffn
 from pi2lab.model.layers import ffn_activation, rms_norm
@@ -94,7 +95,7 @@ def synthetic_masks(kind: str, neurons: int, density: float, tokens: int, seed: 
         return model.sample(rng, tokens)
     if kind == "independent":
         return independent_masks(rng, zipf_frequency(neurons, density=density), tokens)
-    raise ValueError(f"masks={kind!r}: expected 'coactivated', 'fitted' or 'independent'")
+    raise ConfigError(f"masks={kind!r}: expected 'coactivated', 'fitted' or 'independent'")
 
 
 def _bytes(

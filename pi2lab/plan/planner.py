@@ -172,9 +172,14 @@ def plan(
     """The fastest plan within ``memory_bytes`` (and the CPU-thread limit).
 
     Raises:
+      ConfigError: ``cpu_threads`` below 1, or ``min_tokens_per_s`` not above 0.
       BudgetError: the budget is below the resident minimum (fixed + staging), or no plan
         reaches ``min_tokens_per_s`` within it (the message names the binding constraint).
     """
+    if cpu_threads is not None and cpu_threads < 1:
+        raise ConfigError(f"cpu_threads={cpu_threads}: expected at least 1")
+    if min_tokens_per_s is not None and not min_tokens_per_s > 0:
+        raise ConfigError(f"min_tokens_per_s={min_tokens_per_s}: expected a speed > 0")
     minimum = stats.fixed_bytes + stats.staging_bytes
     if memory_bytes < minimum:
         raise BudgetError(

@@ -17,6 +17,7 @@ from pi2lab.engine.prefill import bucket, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder, sparse_decode_step
 from pi2lab.engine.state import KVCache
+from pi2lab.errors import ConfigError
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -57,7 +58,18 @@ def fidelity(
     model, sparse: SparseDecoder, sequences: list[np.ndarray], thresholds: list[float]
 ) -> list[dict]:
     """Per threshold: dense and sparse perplexity, their ratio, greedy agreement (share of
-    positions where both argmaxes agree), and the share of cold clusters computed."""
+    positions where both argmaxes agree), and the share of cold clusters computed.
+
+    Raises:
+      ConfigError: no sequences or no thresholds, or a sequence shorter than 2 tokens.
+    """
+    if not sequences or not thresholds:
+        raise ConfigError(
+            f"{len(sequences)} sequences and {len(thresholds)} thresholds: expected at least "
+            "one of each"
+        )
+    if short := [i for i, seq in enumerate(sequences) if np.size(seq) < 2]:
+        raise ConfigError(f"sequences {short} are shorter than 2 tokens: nothing to score")
     dense = [np.asarray(model.logits(seq))[:-1] for seq in sequences]
     dense_nll = np.concatenate([_nll(d, s[1:]) for d, s in zip(dense, sequences, strict=True)])
     n_clusters = np.array(

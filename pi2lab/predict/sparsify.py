@@ -73,6 +73,8 @@ def sparsify(
     fired together on ``tokens`` share clusters (:mod:`pi2lab.predict.placement`)."""
     if placement not in ("frequency", "coactivation"):
         raise ConfigError(f"placement={placement!r}: expected 'frequency' or 'coactivation'")
+    if cluster_size < 1:  # before the dense pass, not after it
+        raise ConfigError(f"cluster_size={cluster_size}: expected a positive integer")
     pc = pc or PredictorConfig()
     inputs, masks = collect(model, np.asarray(tokens, np.int32))
     counts = np.stack([m.sum(0) for m in masks])  # [L, F] or [L, E, F]

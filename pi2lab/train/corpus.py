@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi2lab.errors import CheckpointError
+from pi2lab.errors import CheckpointError, ConfigError
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3"}
 HELD_OUT_EVERY = 20  # one document in 20 (by a hash of its name) is held out
@@ -69,9 +69,16 @@ def fingerprint(texts: list[str]) -> str:
 
 def corpus_tokens(model, split: str = "train", limit: int | None = None) -> np.ndarray:
     """The corpus's ``split`` ("train" or "held_out") encoded with ``model``'s tokenizer, one
-    int32 stream with the model's EOS (if any) between documents, cut at ``limit`` tokens."""
+    int32 stream with the model's EOS (if any) between documents, cut at ``limit`` tokens.
+
+    Raises:
+      ConfigError: an unknown split, or a limit below 1.
+      CheckpointError: the model has no tokenizer.
+    """
     if split not in ("train", "held_out"):
-        raise ValueError(f"split={split!r}: expected 'train' or 'held_out'")
+        raise ConfigError(f"split={split!r}: expected 'train' or 'held_out'")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"token limit={limit}: expected at least 1")
     if model.tokenizer is None:
         raise CheckpointError(f"{model.path}: no tokenizer.json; the corpus cannot be encoded")
     docs = split_documents(stdlib_documents())[0 if split == "train" else 1]

@@ -10,7 +10,7 @@ import pytest
 import pi2lab as pl
 from pi2lab.engine.offload import OffloadEngine
 from pi2lab.engine.sparse import SparseDecoder, SparsePlan
-from pi2lab.errors import BudgetError
+from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, envelope, token_seconds
 from pi2lab.plan.hardware import HardwareProfile, StoragePoint
@@ -97,6 +97,14 @@ def test_budget_errors_name_the_minimum_and_the_binding_constraint():
         plan(s, PROFILE, minimum - 1)
     with pytest.raises(BudgetError, match="the memory budget binds"):
         plan(s, PROFILE, minimum + 4096, min_tokens_per_s=1e9)
+
+
+def test_bad_planner_settings_are_config_errors():
+    s = stats(layer(), layer())
+    with pytest.raises(ConfigError, match="cpu_threads=0: expected at least 1"):
+        plan(s, PROFILE, 10**8, cpu_threads=0)
+    with pytest.raises(ConfigError, match="min_tokens_per_s=0.0: expected a speed > 0"):
+        plan(s, PROFILE, 10**8, min_tokens_per_s=0.0)
 
 
 def test_a_plan_runs_on_the_engine_and_keeps_the_tokens(tmp_path):

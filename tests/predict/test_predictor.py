@@ -108,3 +108,19 @@ def test_moe_sparsify_trains_one_predictor_per_expert(tmp_path, rng):
         prompt, max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
     ).tokens
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 0}, "steps=0: expected an integer >= 1"),
+        ({"energy": 2.0}, "energy=2.0: expected 0 < energy <= 1"),
+        ({"min_rank": 8, "max_rank": 4}, "min_rank=8, max_rank=4"),
+        ({"learning_rate": float("nan")}, "learning_rate=nan"),
+        ({"held_out_fraction": 0.0}, "held_out_fraction=0.0"),
+        ({"target_recall": 1.5}, "target_recall=1.5"),
+    ],
+)
+def test_unusable_predictor_settings_are_refused(settings, message):
+    with pytest.raises(pl.ConfigError, match=message):
+        PredictorConfig(**settings)

@@ -1,6 +1,7 @@
 """Training code: tokenizer, baselines, and a short run of the real training loop."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -123,6 +124,25 @@ def test_model_card_reports_figures():
     }
     text = model_card(bundled_config(), card)
     assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.010 | 0.350 |" in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 0}, "steps=0: expected an integer >= 1"),
+        ({"seq_len": 0}, "seq_len=0"),
+        ({"batch_size": -2}, "batch_size=-2"),
+        ({"eval_every": 0}, "eval_every=0"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0: expected a finite number > 0"),
+        ({"time_budget_s": float("nan")}, "time_budget_s=nan"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction=1.0: expected 0 <= warmup_fraction < 1"),
+        ({"target_sparsity": 1.5}, "target_sparsity=1.5: expected 0 <= target_sparsity <= 1"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+    ],
+)
+def test_unusable_training_settings_are_refused(settings, message):
+    with pytest.raises(pl.TrainingError, match=re.escape(message)):
+        TrainConfig(**settings)
 
 
 def test_resample_dead_reinitialises_only_dead_neurons():
