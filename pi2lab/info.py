@@ -1,13 +1,17 @@
-"""``pi2lab info``: a checkpoint's architecture, shapes, parameter count and bytes by component,
-read from the safetensors headers without loading the weights."""
+"""Summaries for ``pi2lab info``, ``convert`` and ``verify``: a checkpoint's architecture, shapes,
+parameter count and bytes by component (read from the safetensors headers without loading the
+weights), the sparse kernel and sparse model's memory, and a flash layout's figures."""
 
 from __future__ import annotations
 
 import os
 
 from pi2lab.errors import CheckpointError
+from pi2lab.kernels.ffi import kernel_status
 from pi2lab.model.params import tensor_specs
 from pi2lab.model.pretrained import load_config, open_safetensors, resolve, weight_files
+from pi2lab.predict.sparsify import load_sparse
+from pi2lab.storage.layout import RESIDENT, FlashLayout
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 
@@ -62,4 +66,38 @@ def model_info(path_or_name: str | os.PathLike) -> dict:
         **{f"params_{k}": v for k, v in params.items()},
         "bytes": sum(nbytes.values()),
         **{f"bytes_{k}": v for k, v in nbytes.items()},
+    }
+
+
+def kernel_info() -> dict:
+    """Which sparse FFN kernel runs here and why (:func:`pi2lab.kernels.ffi.kernel_status`),
+    each key prefixed with ``kernel``."""
+    return {f"kernel {k}": v for k, v in kernel_status().items()}
+
+
+def sparse_info(path_or_name: str | os.PathLike, cluster_size: int | None = None) -> dict:
+    """The sparse decoder of a model saved with its predictors (see
+    :func:`pi2lab.predict.sparsify.load_sparse`) and the MB its sparse layout holds by part."""
+    model, sparse = load_sparse(path_or_name, cluster_size=cluster_size)
+    memory = sparse.memory(model.params)
+    return {
+        "sparse decoder": repr(sparse),
+        **{f"sparse {k.removesuffix('_bytes')} MB": round(v / 1e6, 2) for k, v in memory.items()},
+    }
+
+
+def layout_info(layout: FlashLayout) -> dict:
+    """A flash layout's format figures and sizes in bytes; ``ok`` since it opened (or
+    verified)."""
+    return {
+        "path": str(layout.path),
+        "dtype": layout.dtype,
+        "cluster_size": layout.cluster_size,
+        "unit_bytes": layout.unit_bytes,
+        "stride": layout.stride,
+        "bundle_files": len(layout.files),
+        "ffn_bytes": layout.ffn_bytes,
+        "resident_bytes": (layout.path / RESIDENT).stat().st_size,
+        "has_plan": layout.plan is not None,
+        "ok": True,
     }

@@ -98,3 +98,15 @@ def fidelity(
             }
         )
     return rows
+
+
+def format_fidelity(rows: list[dict]) -> str:
+    """:func:`fidelity`'s rows as a text table, one line per threshold."""
+    lines = ["threshold  ppl dense  ppl sparse  increase  greedy agreement  clusters computed"]
+    for r in rows:
+        lines.append(
+            f"{r['threshold']:>9.2f}  {r['perplexity_dense']:>9.2f}  "
+            f"{r['perplexity_sparse']:>10.2f}  {r['perplexity_increase']:>+8.2%}  "
+            f"{r['greedy_agreement']:>16.3f}  {r['cold_clusters_computed']:>17.3f}"
+        )
+    return "\n".join(lines)

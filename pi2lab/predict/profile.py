@@ -166,6 +166,19 @@ def profile(model, tokens: np.ndarray, *, chunk: int = 256, source: str = "") ->
     )
 
 
+def record_trace(model, tokens: np.ndarray, out: str | os.PathLike, *, source: str = "") -> dict:
+    """Profiles ``model`` on ``tokens`` (see :func:`profile`), saves the trace to ``out`` and
+    returns a summary: the path, tokens, file bytes and sparsity per layer (4 decimals)."""
+    trace = profile(model, tokens, source=source)
+    path = trace.save(out)
+    return {
+        "out": str(path),
+        "tokens": trace.num_tokens,
+        "bytes": path.stat().st_size,
+        "sparsity_per_layer": [round(float(s), 4) for s in trace.sparsity()],
+    }
+
+
 def activation_sparsity(model, tokens) -> np.ndarray:
     """Per-layer FFN sparsity ``[L]`` of ``tokens``: the mean fraction of neurons whose
     activation is exactly zero, per token (for MoE, over the experts each token was routed to)."""

@@ -19,7 +19,13 @@ from pi2lab.engine.sparse import SparseDecoder, SparsePlan
 from pi2lab.errors import ConfigError
 from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
 from pi2lab.predict.placement import coactivation_orders
-from pi2lab.predict.predictor import PredictorConfig, Predictors, collect, fit_predictors
+from pi2lab.predict.predictor import (
+    PREDICTORS_FILE,
+    PredictorConfig,
+    Predictors,
+    collect,
+    fit_predictors,
+)
 from pi2lab.predict.reorder import hot_first_order, permute_params
 
 Placement = Literal["frequency", "coactivation"]
@@ -121,6 +127,27 @@ def load_sparse(path_or_name, *, threshold: float = 0.0, cluster_size: int | Non
     # the FFN in the sparse layout once, replacing the whole matrices (dense reads it too)
     model = dataclasses.replace(model, params=decoder.layout(model.params))
     return model, decoder
+
+
+def load_for_engine(
+    path_or_name,
+    engine: Literal["dense", "sparse"],
+    *,
+    threshold: float = 0.0,
+    cluster_size: int | None = None,
+):
+    """The model, and for the sparse engine its :class:`SparseDecoder`: the trained predictors
+    when the model directory has them (see :func:`load_sparse`), else the oracle (exact, no
+    speed-up; its ``predictors`` is None and ``cluster_size`` is not used). For ``dense`` the
+    decoder is None."""
+    if engine not in ("dense", "sparse"):
+        raise ConfigError(f"engine={engine!r}: expected 'dense' or 'sparse'")
+    if engine == "dense":
+        return load_pretrained(path_or_name), None
+    if (resolve(path_or_name) / PREDICTORS_FILE).is_file():
+        return load_sparse(path_or_name, threshold=threshold, cluster_size=cluster_size)
+    model = load_pretrained(path_or_name)
+    return model, SparseDecoder.oracle(model.config)
 
 
 def report_table(predictors: Predictors, plan: SparsePlan) -> str:

@@ -89,3 +89,24 @@ def corpus_tokens(model, split: str = "train", limit: int | None = None) -> np.n
         if limit is not None and len(out) >= limit:
             break
     return np.asarray(out[:limit], np.int32)
+
+
+def corpus_sequences(model, split: str, count: int, length: int) -> list[np.ndarray]:
+    """``count`` consecutive sequences of ``length`` tokens ``[length]`` from the start of the
+    corpus's ``split``, encoded as :func:`corpus_tokens` does.
+
+    Raises:
+      ConfigError: ``count`` below 1, ``length`` below 2 (a sequence scores its tokens after
+        the first), or the split holding fewer than ``count * length`` tokens.
+    """
+    if count < 1:
+        raise ConfigError(f"sequences={count}: expected at least 1")
+    if length < 2:
+        raise ConfigError(f"sequence length={length}: expected at least 2 tokens")
+    tokens = corpus_tokens(model, split, count * length)
+    if tokens.size < count * length:
+        raise ConfigError(
+            f"{count} sequences of {length} tokens need {count * length} tokens; the {split} "
+            f"split has {tokens.size}"
+        )
+    return [tokens[i * length : (i + 1) * length] for i in range(count)]

@@ -8,7 +8,7 @@ import pytest
 
 import pi2lab as pl
 from pi2lab.train import baselines, corpus
-from pi2lab.train.bundled import bundled_config, model_card
+from pi2lab.train.bundled import bundled_config, card_summary, model_card
 from pi2lab.train.loop import TrainConfig, train
 from pi2lab.train.tokenizer import BOS, EOS, encode_documents, train_bpe
 
@@ -124,6 +124,7 @@ def test_model_card_reports_figures():
     }
     text = model_card(bundled_config(), card)
     assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.010 | 0.350 |" in text
+    assert card_summary(card) == {**card["held_out"], "mean_sparsity": pytest.approx(0.85)}
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,23 @@ def test_model_card_reports_figures():
 def test_unusable_training_settings_are_refused(settings, message):
     with pytest.raises(pl.TrainingError, match=re.escape(message)):
         TrainConfig(**settings)
+
+
+def test_corpus_sequences_are_consecutive_and_checked():
+    model = pl.load_pretrained("builtin")
+    seqs = corpus.corpus_sequences(model, "held_out", 3, 40)
+    np.testing.assert_array_equal(
+        np.concatenate(seqs), corpus.corpus_tokens(model, "held_out", 120)
+    )
+    assert [s.shape for s in seqs] == [(40,)] * 3
+    with pytest.raises(pl.ConfigError, match="sequences=0"):
+        corpus.corpus_sequences(model, "held_out", 0, 40)
+    with pytest.raises(pl.ConfigError, match="length=1"):
+        corpus.corpus_sequences(model, "held_out", 3, 1)
+    with pytest.raises(pl.ConfigError, match="the held_out split has"):
+        corpus.corpus_sequences(model, "held_out", 10**5, 1000)
+    with pytest.raises(pl.ConfigError, match="split='test'"):
+        corpus.corpus_tokens(model, "test")
 
 
 def test_resample_dead_reinitialises_only_dead_neurons():
