@@ -12,16 +12,19 @@ from __future__ import annotations
 import importlib
 
 _NAMES = {
+    "BudgetError": "pi2lab.errors",
     "CheckpointError": "pi2lab.errors",
     "ConfigError": "pi2lab.errors",
     "GenerationResult": "pi2lab.engine.generate",
     "KVCache": "pi2lab.model.kv_cache",
+    "MissingExtraError": "pi2lab.errors",
     "Model": "pi2lab.model.pretrained",
     "ModelConfig": "pi2lab.config",
     "Pi2labError": "pi2lab.errors",
     "PromptError": "pi2lab.errors",
     "RopeScaling": "pi2lab.config",
     "SamplingKnobs": "pi2lab.engine.sampling",
+    "StorageError": "pi2lab.errors",
     "TrainingError": "pi2lab.errors",
     "activation_sparsity": "pi2lab.predict.profile",
     "dense_logits": "pi2lab.engine.prefill",

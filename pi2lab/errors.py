@@ -5,13 +5,25 @@ All derive from :class:`Pi2labError` (itself a ``ValueError``), so callers can c
 one type; the CLI prints the message on one line and exits with status 2.
 """
 
+__all__ = [
+    "BudgetError",
+    "CheckpointError",
+    "ConfigError",
+    "MissingExtraError",
+    "Pi2labError",
+    "PromptError",
+    "StorageError",
+    "TrainingError",
+]
+
 
 class Pi2labError(ValueError):
     """Base class of every error pi2lab raises on bad input."""
 
 
 class ConfigError(Pi2labError):
-    """A model config is missing a field, names an unknown architecture, or is inconsistent."""
+    """A model config is missing a field, names an unknown architecture, or is inconsistent;
+    or a setting (sampling knob, engine, count, size) is unknown or out of range."""
 
 
 class CheckpointError(Pi2labError):

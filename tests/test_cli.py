@@ -55,6 +55,33 @@ def test_info_counts_every_parameter(ckpt, capsys):
     assert info["architecture"] == "bamboo" and info["ffn_activation"] == "drelu"
 
 
+GEN = ["generate", "--model", "builtin", "--prompt", "hi", "--max-new-tokens", "2"]
+# sampling knobs are checked before the (missing) layout is opened
+GEN_OFFLOAD = [
+    "generate",
+    "--model",
+    "/nonexistent/flash",
+    "--engine",
+    "llmflash",
+    "--prompt",
+    "hi",
+]
+
+
+def test_info_kernels_and_sparse_memory(capsys):
+    assert main(["info", "--kernels", "--sparse", "--cluster-size", "8", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "bamboo" and info["kernel path"] in ("native", "jax")
+    assert (
+        "trained predictors" in info["sparse decoder"]
+        and "clusters of [8]" in info["sparse decoder"]
+    )
+    parts = ("hot", "cold", "other", "dense_ffn", "predictor")
+    assert info["sparse total MB"] == pytest.approx(
+        sum(info[f"sparse {k} MB"] for k in parts), abs=0.05
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -65,6 +92,20 @@ def test_info_counts_every_parameter(ckpt, capsys):
         (["generate", "--model", "builtin", "--prompt", "word " * 600], "context"),
         (["verify", "/nonexistent/flash"], "no flash.json"),
         (["convert", "--model", "{ckpt}", "--out", "{ckpt}.f", "--cluster-size", "5"], "56"),
+        ([*GEN, "--temperature", "-1"], "temperature=-1.0: expected a finite number >= 0"),
+        ([*GEN, "--top-p", "2"], "top_p=2.0: expected 0 < top_p <= 1"),
+        ([*GEN, "--top-k", "-1"], "top_k=-1: expected an integer >= 0"),
+        ([*GEN, "--engine", "sparse", "--temperature", "nan"], "temperature=nan"),
+        ([*GEN_OFFLOAD, "--top-p", "0"], "top_p=0.0: expected 0 < top_p <= 1"),
+        (["profile", "--tokens", "0", "--out", "{ckpt}.npz"], "token limit=0"),
+        (["train-predictors", "--tokens", "-5", "--out", "{ckpt}.p"], "token limit=-5"),
+        (["fidelity", "--sequences", "0"], "sequences=0: expected at least 1"),
+        (["fidelity", "--length", "1"], "length=1: expected at least 2"),
+        (["fidelity", "--sequences", "9999", "--length", "512"], "the held_out split has"),
+        (["train", "--out", "{ckpt}.t", "--steps", "0"], "steps=0: expected an integer >= 1"),
+        (["train", "--out", "{ckpt}.t", "--lr", "-1"], "learning_rate=-1.0"),
+        (["bench", "dense", "--steps", "-1"], "steps=-1: expected at least 1"),
+        (["train-predictors", "--steps", "0", "--out", "{ckpt}.p"], "steps=0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ckpt, args, message):
@@ -178,3 +219,34 @@ def test_profile_train_predictors_fidelity_pipeline(tmp_path):
 def test_profile_refuses_a_model_without_tokenizer(ckpt, tmp_path):
     proc = run_cli("profile", "--model", str(ckpt), "--out", str(tmp_path / "t.npz"))
     assert proc.returncode == 2 and "no tokenizer.json" in proc.stderr
+
+
+def test_plan_refuses_zero_tokens_per_prompt(ckpt, tmp_path, capsys):
+    layout = tmp_path / "flash"
+    assert main(["convert", "--model", str(ckpt), "--out", str(layout), "--json"]) == 0
+    capsys.readouterr()
+    argv = ["plan", "--model", str(layout), "--memory-budget", "0.5", "--profile", "oneplus12"]
+    assert main([*argv, "--tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pi2lab plan: error: 3 prompts x 0 tokens") and err.count("\n") == 1
+
+
+def test_help_lists_every_command_in_order():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    commands = proc.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert commands == [
+        "generate",
+        "profile",
+        "train-predictors",
+        "fidelity",
+        "info",
+        "train",
+        "convert",
+        "verify",
+        "bench",
+        "plan",
+        "profile-hw",
+        "reproduce",
+        "simulate",
+    ]

@@ -7,6 +7,7 @@ described, so sweeps and scripts can read it.
 from __future__ import annotations
 
 from pi2lab.bench import dense, offload, peer, planner, sparse
+from pi2lab.errors import ConfigError
 
 
 def run(what: str, **kwargs) -> dict:
@@ -17,6 +18,11 @@ def run(what: str, **kwargs) -> dict:
         "offload": offload.bench_offload,
         "planner": planner.bench_planner,
     }
+    if what not in benches:
+        raise ConfigError(f"bench {what!r}: expected one of {', '.join(benches)}")
+    for name in ("steps", "layers"):
+        if kwargs.get(name) is not None and kwargs[name] < 1:
+            raise ConfigError(f"{name}={kwargs[name]}: expected at least 1")
     return benches[what](**{k: v for k, v in kwargs.items() if v is not None})
 
 

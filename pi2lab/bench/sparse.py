@@ -30,6 +30,7 @@ from pi2lab.bench.common import decode_rate, dense_step, machine
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
+from pi2lab.errors import ConfigError
 from pi2lab.kernels.ffi import kernel_status
 from pi2lab.kernels.predictor import scores
 from pi2lab.kernels.sparse_ffn import sparse_ffn, sparse_layout
@@ -102,7 +103,7 @@ def synthetic_masks(kind: str, neurons: int, density: float, tokens: int, seed: 
         return model.sample(rng, tokens)
     if kind == "independent":
         return independent_masks(rng, zipf_frequency(neurons, density=density), tokens)
-    raise ValueError(f"masks={kind!r}: expected 'coactivated', 'fitted' or 'independent'")
+    raise ConfigError(f"masks={kind!r}: expected 'coactivated', 'fitted' or 'independent'")
 
 
 def _bytes(

@@ -17,7 +17,7 @@ from pi2lab.engine.offload import ENGINES, OffloadConfig, OffloadEngine
 from pi2lab.engine.prefill import bucket, check_tokens, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder
-from pi2lab.errors import PromptError
+from pi2lab.errors import ConfigError, PromptError
 from pi2lab.model.kv_cache import KVCache
 
 MIN_CAPACITY = 128
@@ -71,6 +71,7 @@ def generate(
     engine: Literal["dense", "sparse", "powerinfer2", "llmflash", "dense-stream"] = "dense",
     sparse: SparseDecoder | None = None,
     memory_budget: MemoryBudget | str | float = 0.5,
+    threshold: float = 0.0,
 ) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 
@@ -80,17 +81,24 @@ def generate(
     both engines share one KV cache. The offload engines (``powerinfer2``, ``llmflash``,
     ``dense-stream``, see :mod:`pi2lab.engine.offload`) take as ``model`` a flash layout
     directory (written by ``pi2lab convert``) or an open :class:`OffloadEngine`, and decode
-    within ``memory_budget``.
+    within ``memory_budget``; a directory is opened with the predictor logit ``threshold``
+    (the sparse engine's is in ``sparse``).
 
     Raises:
+      ConfigError: an unknown engine, or a sampling knob out of range (temperature < 0,
+        top_k < 0, top_p outside (0, 1]); checked before any weights are read.
       PromptError: an empty prompt, or prompt plus new tokens longer than the context.
     """
-    args = (prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    if engine not in ("dense", "sparse", *ENGINES):
+        raise ConfigError(f"engine={engine!r}: expected one of dense, sparse, {', '.join(ENGINES)}")
+    knobs = SamplingKnobs.make(temperature, top_k, top_p)
+    args = (prompt, max_new_tokens, knobs, seed, stop_at_eos)
     if engine not in ENGINES:
         return _generate(model, None, engine, sparse, *args)
     if isinstance(model, OffloadEngine):
         return _generate(model.model, model, engine, None, *args)
-    with OffloadEngine(model, OffloadConfig(engine=engine, memory_budget=memory_budget)) as eng:
+    config = OffloadConfig(engine=engine, memory_budget=memory_budget, threshold=threshold)
+    with OffloadEngine(model, config) as eng:
         return _generate(eng.model, eng, engine, None, *args)
 
 
@@ -101,9 +109,7 @@ def _generate(
     sparse,
     prompt,
     max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
+    knobs,
     seed,
     stop_at_eos,
 ) -> GenerationResult:
@@ -114,8 +120,6 @@ def _generate(
         sparse = sparse or SparseDecoder.oracle(cfg)
         sparse.plan.check(cfg)
         step = functools.partial(sparse.step, sparse.layout(model.params), cfg)
-    elif offload is None:
-        raise ValueError(f"engine={engine!r}: expected dense, sparse or an offload engine")
     if max_new_tokens < 1:
         raise PromptError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     if isinstance(prompt, str) and not prompt.strip():
@@ -130,7 +134,6 @@ def _generate(
             f"{cfg.max_position_embeddings} tokens"
         )
     capacity = min(bucket(total, MIN_CAPACITY), cfg.max_position_embeddings)
-    knobs = SamplingKnobs.make(temperature, top_k, top_p)
     key = jax.random.key(seed)
 
     t0 = time.perf_counter()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+
+from pi2lab.errors import ConfigError
 
 
 @jax.tree_util.register_dataclass
@@ -25,12 +28,21 @@ class SamplingKnobs:
 
     @classmethod
     def make(cls, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> SamplingKnobs:
-        if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"sampling knobs temperature={temperature}, top_k={top_k}, "
-                f"top_p={top_p}: expected temperature >= 0, top_k >= 0, "
-                "0 < top_p <= 1"
+        """Checked knobs from host numbers.
+
+        Raises:
+          ConfigError: temperature negative or not finite, top_k negative, or top_p outside
+            (0, 1].
+        """
+        # written so that NaN fails every check
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ConfigError(
+                f"temperature={temperature}: expected a finite number >= 0 (0 is greedy)"
             )
+        if not top_k >= 0:
+            raise ConfigError(f"top_k={top_k}: expected an integer >= 0 (0 keeps every token)")
+        if not 0 < top_p <= 1:
+            raise ConfigError(f"top_p={top_p}: expected 0 < top_p <= 1 (1 keeps every token)")
         return cls(
             temperature=jnp.float32(temperature), top_k=jnp.int32(top_k), top_p=jnp.float32(top_p)
         )

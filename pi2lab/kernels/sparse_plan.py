@@ -83,7 +83,13 @@ class SparsePlan:
     ) -> SparsePlan:
         """Per-layer plans from hot-first firing frequencies ``[L, F]`` (``[L, E, F]``): the hot
         block covers the neurons firing on at least ``hot_min_frequency`` of tokens (every
-        expert's, for MoE), rounded up so the cold rest tiles into clusters."""
+        expert's, for MoE), rounded up so the cold rest tiles into clusters.
+
+        Raises:
+          ConfigError: ``cluster_size`` below 1.
+        """
+        if cluster_size < 1:
+            raise ConfigError(f"cluster_size={cluster_size}: expected a positive integer")
         layers = []
         for freq in np.asarray(frequency):
             freq = freq.reshape(-1, freq.shape[-1]).max(0)  # worst expert for MoE

@@ -1,5 +1,6 @@
-"""``pi2lab info``: a checkpoint's architecture, shapes, parameter count and bytes by component,
-read from the safetensors headers without loading the weights."""
+"""Summaries for ``pi2lab info``, ``convert`` and ``verify``: a checkpoint's architecture, shapes,
+parameter count and bytes by component (read from the safetensors headers without loading the
+weights), the sparse kernel and sparse model's memory, and a flash layout's figures."""
 
 from __future__ import annotations
 

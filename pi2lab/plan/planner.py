@@ -26,7 +26,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from pi2lab.budget import MemoryBudget
 from pi2lab.engine.offload import OffloadConfig
-from pi2lab.errors import BudgetError
+from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import ModelStats, PlanChoice, envelope, layer_seconds, token_seconds
 from pi2lab.plan.hardware import HardwareProfile
@@ -143,15 +143,20 @@ def plan(
     min_tokens_per_s: float | None = None,
     gate_first: bool = False,
 ) -> ExecutionPlan:
-    """The fastest plan within ``budget`` (bytes, or a share of the FFN bytes on top of the
-    resident minimum) and the CPU-thread limit.
+    """The fastest plan within ``budget`` (a :class:`~pi2lab.budget.MemoryBudget`: bytes, or a
+    share of the FFN bytes on top of the resident minimum; an int is bytes, a float a share)
+    and the CPU-thread limit.
 
     Raises:
+      ConfigError: ``cpu_threads`` below 1, or ``min_tokens_per_s`` not above 0.
       BudgetError: the budget is below the resident minimum (fixed + staging), or no plan
         reaches ``min_tokens_per_s`` within it (the message names the binding constraint).
     """
-    if not isinstance(budget, MemoryBudget):
-        budget = MemoryBudget.bytes(budget)
+    if cpu_threads is not None and cpu_threads < 1:
+        raise ConfigError(f"cpu_threads={cpu_threads}: expected at least 1")
+    if min_tokens_per_s is not None and not min_tokens_per_s > 0:
+        raise ConfigError(f"min_tokens_per_s={min_tokens_per_s}: expected a speed > 0")
+    budget = MemoryBudget.bytes(budget) if isinstance(budget, int) else MemoryBudget.of(budget)
     minimum = stats.fixed_bytes + stats.staging_bytes
     memory_bytes = budget.total(minimum, stats.ffn_bytes)
     budget.check(

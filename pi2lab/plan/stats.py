@@ -4,7 +4,8 @@ A *request trace* is what the offload engine asks its caches for: per decode tok
 the units it computes (hot block plus predicted clusters). It is recorded by running the engine
 with everything resident (:func:`record_requests`), or built from replayed masks. Hit-rate
 curves come from replaying it through the same policy objects the engine builds
-(:func:`pi2lab.cache.simulate`) at a grid of capacities.
+(:func:`pi2lab.cache.simulate`) at a grid of capacities. :func:`plan_layout` runs it all
+for one layout and budget and hands the statistics to the planner.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import jax
 import numpy as np
 import tokenizers
 
+from pi2lab.budget import MemoryBudget
 from pi2lab.cache import simulate
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine, fixed_bytes
 from pi2lab.engine.sampling import SamplingKnobs
+from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig, staging_rows
-from pi2lab.plan.cost import LayerStats, ModelStats
+from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, calibrate
+from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.policies.registry import make_policy
 from pi2lab.storage.layout import FFN_KEYS, FlashLayout
 
@@ -44,7 +49,17 @@ def record_requests(
     layout: FlashLayout, prompts: list[np.ndarray], tokens: int, **engine_kwargs
 ) -> tuple[list[np.ndarray], float]:
     """Greedy-decodes ``tokens`` tokens after each prompt with every unit resident; returns
-    the unit masks ``[T, U]`` per FFN and the median seconds per token of that run."""
+    the unit masks ``[T, U]`` per FFN and the median seconds per token of that run (the
+    first token, which compiles, left out).
+
+    Raises:
+      ConfigError: ``tokens`` below 1, or fewer than 2 tokens in all.
+    """
+    if tokens < 1 or len(prompts) * tokens < 2:
+        raise ConfigError(
+            f"{len(prompts)} prompts x {tokens} tokens: expected at least 1 token per prompt "
+            "and 2 in all (the first is not timed)"
+        )
     config = OffloadConfig(memory_budget=1.0, policy="static-hot", kv_capacity=512)
     masks = [[] for _ in layout.files]
     seconds = []
@@ -123,3 +138,34 @@ def layout_stats(
         fixed_bytes=fixed,
         staging_bytes=staging,
     )
+
+
+def plan_layout(
+    layout: FlashLayout,
+    memory_budget: MemoryBudget,
+    profile: HardwareProfile,
+    *,
+    tokens: int = 16,
+    cpu_threads: int | None = None,
+    min_tokens_per_s: float | None = None,
+) -> tuple[ExecutionPlan, float]:
+    """The planner's plan for ``layout``: records its requests with everything resident
+    (``tokens`` greedy tokens after each of :func:`default_prompts`), fits the host overhead
+    to that run, and solves within ``memory_budget`` (bytes, or a share of the FFN bytes on top
+    of what stays resident). Returns the plan and the all-resident seconds per token.
+
+    Raises:
+      ConfigError: ``tokens`` below 1.
+      BudgetError: see :func:`pi2lab.plan.planner.plan`.
+    """
+    masks, resident_s = record_requests(layout, default_prompts(layout), tokens)
+    stats = calibrate(layout_stats(layout, masks), profile, resident_s, PlanChoice())
+    chosen = plan(
+        stats,
+        profile,
+        memory_budget,
+        cpu_threads=cpu_threads,
+        min_tokens_per_s=min_tokens_per_s,
+        gate_first=layout.cluster_size == 1,
+    )
+    return chosen, resident_s

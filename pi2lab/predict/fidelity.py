@@ -16,6 +16,7 @@ import numpy as np
 from pi2lab.engine.prefill import bucket, dense_logits, pad, prefill
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder, sparse_decode_step
+from pi2lab.errors import ConfigError
 from pi2lab.model.kv_cache import KVCache
 
 
@@ -57,7 +58,18 @@ def fidelity(
     model, sparse: SparseDecoder, sequences: list[np.ndarray], thresholds: list[float]
 ) -> list[dict]:
     """Per threshold: dense and sparse perplexity, their ratio, greedy agreement (share of
-    positions where both argmaxes agree), and the share of cold clusters computed."""
+    positions where both argmaxes agree), and the share of cold clusters computed.
+
+    Raises:
+      ConfigError: no sequences or no thresholds, or a sequence shorter than 2 tokens.
+    """
+    if not sequences or not thresholds:
+        raise ConfigError(
+            f"{len(sequences)} sequences and {len(thresholds)} thresholds: expected at least "
+            "one of each"
+        )
+    if short := [i for i, seq in enumerate(sequences) if np.size(seq) < 2]:
+        raise ConfigError(f"sequences {short} are shorter than 2 tokens: nothing to score")
     dense = [np.asarray(dense_logits(model, seq))[:-1] for seq in sequences]
     dense_nll = np.concatenate([_nll(d, s[1:]) for d, s in zip(dense, sequences, strict=True)])
     n_clusters = np.array(
@@ -86,3 +98,15 @@ def fidelity(
             }
         )
     return rows
+
+
+def format_fidelity(rows: list[dict]) -> str:
+    """:func:`fidelity`'s rows as a text table, one line per threshold."""
+    lines = ["threshold  ppl dense  ppl sparse  increase  greedy agreement  clusters computed"]
+    for r in rows:
+        lines.append(
+            f"{r['threshold']:>9.2f}  {r['perplexity_dense']:>9.2f}  "
+            f"{r['perplexity_sparse']:>10.2f}  {r['perplexity_increase']:>+8.2%}  "
+            f"{r['greedy_agreement']:>16.3f}  {r['cold_clusters_computed']:>17.3f}"
+        )
+    return "\n".join(lines)

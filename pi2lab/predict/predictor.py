@@ -31,7 +31,7 @@ import safetensors.numpy
 from tqdm.auto import tqdm
 
 from pi2lab.engine.prefill import bucket, check_tokens, pad
-from pi2lab.errors import CheckpointError
+from pi2lab.errors import CheckpointError, ConfigError
 from pi2lab.fileio import atomic_file
 from pi2lab.kernels.predictor import scores
 from pi2lab.model.transformer import dense_ffn, forward
@@ -68,6 +68,31 @@ class PredictorConfig:
     held_out_fraction: float = 0.1
     target_recall: float | None = 0.99
     seed: int = 0
+
+    def __post_init__(self):
+        # written so that NaN fails every check
+        if not 0 < self.energy <= 1:
+            raise ConfigError(f"energy={self.energy}: expected 0 < energy <= 1")
+        if not 1 <= self.min_rank <= self.max_rank:
+            raise ConfigError(
+                f"min_rank={self.min_rank}, max_rank={self.max_rank}: expected "
+                "1 <= min_rank <= max_rank"
+            )
+        for name, value in {"steps": self.steps, "batch_size": self.batch_size}.items():
+            if not value >= 1:
+                raise ConfigError(f"{name}={value}: expected an integer >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate={self.learning_rate}: expected a finite number > 0")
+        if self.positive_weight is not None and not self.positive_weight > 0:
+            raise ConfigError(f"positive_weight={self.positive_weight}: expected None or > 0")
+        if not 0 < self.held_out_fraction < 1:
+            raise ConfigError(
+                f"held_out_fraction={self.held_out_fraction}: expected 0 < held_out_fraction < 1"
+            )
+        if self.target_recall is not None and not 0 < self.target_recall <= 1:
+            raise ConfigError(
+                f"target_recall={self.target_recall}: expected None or 0 < target_recall <= 1"
+            )
 
 
 # --- data ---------------------------------------------------------------------------------

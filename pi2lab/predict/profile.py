@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pi2lab.engine.prefill import ffn_activations
-from pi2lab.errors import Pi2labError
+from pi2lab.errors import ConfigError, Pi2labError
 from pi2lab.fileio import atomic_file
 
 TRACE_VERSION = 1
@@ -131,8 +131,14 @@ class ActivationTrace:
 
 def profile(model, tokens: np.ndarray, *, chunk: int = 256, source: str = "") -> ActivationTrace:
     """Runs the dense forward over ``tokens`` in independent chunks of ``chunk`` tokens and
-    records every layer's active set for every token."""
+    records every layer's active set for every token.
+
+    Raises:
+      ConfigError: no tokens.
+    """
     tokens = np.asarray(tokens, np.int32)
+    if tokens.size == 0:
+        raise ConfigError("no tokens to profile: expected at least 1")
     cfg = model.config
     chunk = min(chunk, cfg.max_position_embeddings)
     per_layer: list[list[np.ndarray]] = [[] for _ in range(cfg.num_layers)]
@@ -158,6 +164,19 @@ def profile(model, tokens: np.ndarray, *, chunk: int = 256, source: str = "") ->
         routed=np.stack([np.concatenate(r) for r in routed]) if cfg.is_moe else None,
         meta=meta,
     )
+
+
+def record_trace(model, tokens: np.ndarray, out: str | os.PathLike, *, source: str = "") -> dict:
+    """Profiles ``model`` on ``tokens`` (see :func:`profile`), saves the trace to ``out`` and
+    returns a summary: the path, tokens, file bytes and sparsity per layer (4 decimals)."""
+    trace = profile(model, tokens, source=source)
+    path = trace.save(out)
+    return {
+        "out": str(path),
+        "tokens": trace.num_tokens,
+        "bytes": path.stat().st_size,
+        "sparsity_per_layer": [round(float(s), 4) for s in trace.sparsity()],
+    }
 
 
 def activation_sparsity(model, tokens) -> np.ndarray:

@@ -20,7 +20,13 @@ from pi2lab.errors import ConfigError
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
 from pi2lab.predict.placement import coactivation_orders
-from pi2lab.predict.predictor import PredictorConfig, Predictors, collect, fit_predictors
+from pi2lab.predict.predictor import (
+    PREDICTORS_FILE,
+    PredictorConfig,
+    Predictors,
+    collect,
+    fit_predictors,
+)
 from pi2lab.predict.reorder import hot_first_order, permute_params
 
 Placement = Literal["frequency", "coactivation"]
@@ -74,6 +80,8 @@ def sparsify(
     fired together on ``tokens`` share clusters (:mod:`pi2lab.predict.placement`)."""
     if placement not in ("frequency", "coactivation"):
         raise ConfigError(f"placement={placement!r}: expected 'frequency' or 'coactivation'")
+    if cluster_size < 1:  # before the dense pass, not after it
+        raise ConfigError(f"cluster_size={cluster_size}: expected a positive integer")
     pc = pc or PredictorConfig()
     inputs, masks = collect(model, np.asarray(tokens, np.int32))
     counts = np.stack([m.sum(0) for m in masks])  # [L, F] or [L, E, F]
@@ -122,6 +130,27 @@ def load_sparse(path_or_name, *, threshold: float = 0.0, cluster_size: int | Non
     return model, decoder
 
 
+def load_for_engine(
+    path_or_name,
+    engine: Literal["dense", "sparse"],
+    *,
+    threshold: float = 0.0,
+    cluster_size: int | None = None,
+):
+    """The model, and for the sparse engine its :class:`SparseDecoder`: the trained predictors
+    when the model directory has them (see :func:`load_sparse`), else the oracle (exact, no
+    speed-up; its ``predictors`` is None and ``cluster_size`` is not used). For ``dense`` the
+    decoder is None."""
+    if engine not in ("dense", "sparse"):
+        raise ConfigError(f"engine={engine!r}: expected 'dense' or 'sparse'")
+    if engine == "dense":
+        return load_pretrained(path_or_name), None
+    if (resolve(path_or_name) / PREDICTORS_FILE).is_file():
+        return load_sparse(path_or_name, threshold=threshold, cluster_size=cluster_size)
+    model = load_pretrained(path_or_name)
+    return model, SparseDecoder.oracle(model.config)
+
+
 def report_table(predictors: Predictors, plan: SparsePlan) -> str:
     rows = ["layer  rank  hot  recall  precision  predicted  true"]
     for row, lp in zip(predictors.report["layers"], plan.layers, strict=True):
@@ -131,3 +160,14 @@ def report_table(predictors: Predictors, plan: SparsePlan) -> str:
             f"{row['true_active']:.3f}"
         )
     return "\n".join(rows) + "\n" + json.dumps({"plan": plan.to_json()[0]})
+
+
+def sparse_summary(path_or_name: str | os.PathLike, cluster_size: int | None = None) -> dict:
+    """The sparse decoder of a model saved with its predictors (see :func:`load_sparse`) and
+    the MB its sparse layout holds by part."""
+    model, sparse = load_sparse(path_or_name, cluster_size=cluster_size)
+    memory = sparse.memory(model.params)
+    return {
+        "sparse decoder": repr(sparse),
+        **{f"sparse {k.removesuffix('_bytes')} MB": round(v / 1e6, 2) for k, v in memory.items()},
+    }

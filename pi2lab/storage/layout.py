@@ -160,6 +160,21 @@ class FlashLayout:
         """Bytes of every bundle file together (what offloading takes out of memory)."""
         return sum(f.nbytes for f in self.files)
 
+    def summary(self) -> dict:
+        """Format figures and sizes in bytes; ``ok`` since it opened (or verified)."""
+        return {
+            "path": str(self.path),
+            "dtype": self.dtype,
+            "cluster_size": self.cluster_size,
+            "unit_bytes": self.unit_bytes,
+            "stride": self.stride,
+            "bundle_files": len(self.files),
+            "ffn_bytes": self.ffn_bytes,
+            "resident_bytes": (self.path / RESIDENT).stat().st_size,
+            "has_plan": self.plan is not None,
+            "ok": True,
+        }
+
     def file_index(self, layer: int, expert: int | None = None) -> int:
         e = self.config.num_experts if self.config.is_moe else 1
         return layer * e + (expert or 0)

@@ -129,6 +129,12 @@ def write_card(path: Path) -> dict:
     return card
 
 
+def card_summary(card: dict) -> dict:
+    """The model card's held-out figures and the mean FFN sparsity over the layers."""
+    per_layer = card["sparsity"]["sparsity_per_layer"]
+    return {**card["held_out"], "mean_sparsity": sum(per_layer) / len(per_layer)}
+
+
 def model_card(cfg: ModelConfig, card: dict) -> str:
     """The bundled model's README, written from measured figures only."""
     c, t, h, s = card["corpus"], card["training"], card["held_out"], card["sparsity"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi2lab.errors import CheckpointError
+from pi2lab.errors import CheckpointError, ConfigError
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3"}
 HELD_OUT_EVERY = 20  # one document in 20 (by a hash of its name) is held out
@@ -69,9 +69,16 @@ def fingerprint(texts: list[str]) -> str:
 
 def corpus_tokens(model, split: str = "train", limit: int | None = None) -> np.ndarray:
     """The corpus's ``split`` ("train" or "held_out") encoded with ``model``'s tokenizer, one
-    int32 stream with the model's EOS (if any) between documents, cut at ``limit`` tokens."""
+    int32 stream with the model's EOS (if any) between documents, cut at ``limit`` tokens.
+
+    Raises:
+      ConfigError: an unknown split, or a limit below 1.
+      CheckpointError: the model has no tokenizer.
+    """
     if split not in ("train", "held_out"):
-        raise ValueError(f"split={split!r}: expected 'train' or 'held_out'")
+        raise ConfigError(f"split={split!r}: expected 'train' or 'held_out'")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"token limit={limit}: expected at least 1")
     if model.tokenizer is None:
         raise CheckpointError(f"{model.path}: no tokenizer.json; the corpus cannot be encoded")
     docs = split_documents(stdlib_documents())[0 if split == "train" else 1]
@@ -82,3 +89,24 @@ def corpus_tokens(model, split: str = "train", limit: int | None = None) -> np.n
         if limit is not None and len(out) >= limit:
             break
     return np.asarray(out[:limit], np.int32)
+
+
+def corpus_sequences(model, split: str, count: int, length: int) -> list[np.ndarray]:
+    """``count`` consecutive sequences of ``length`` tokens ``[length]`` from the start of the
+    corpus's ``split``, encoded as :func:`corpus_tokens` does.
+
+    Raises:
+      ConfigError: ``count`` below 1, ``length`` below 2 (a sequence scores its tokens after
+        the first), or the split holding fewer than ``count * length`` tokens.
+    """
+    if count < 1:
+        raise ConfigError(f"sequences={count}: expected at least 1")
+    if length < 2:
+        raise ConfigError(f"sequence length={length}: expected at least 2 tokens")
+    tokens = corpus_tokens(model, split, count * length)
+    if tokens.size < count * length:
+        raise ConfigError(
+            f"{count} sequences of {length} tokens need {count * length} tokens; the {split} "
+            f"split has {tokens.size}"
+        )
+    return [tokens[i * length : (i + 1) * length] for i in range(count)]

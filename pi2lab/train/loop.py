@@ -74,6 +74,41 @@ class TrainConfig:
     resample_until: float = 0.6
     seed: int = 0
 
+    def __post_init__(self):
+        at_least_1 = {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "eval_every": self.eval_every,
+            "eval_sequences": self.eval_sequences,
+            "resample_every": self.resample_every,
+        }
+        if self.steps is not None:
+            at_least_1["steps"] = self.steps
+        for name, value in at_least_1.items():
+            if not value >= 1:
+                raise TrainingError(f"{name}={value}: expected an integer >= 1")
+        # written so that NaN fails every check
+        if not self.time_budget_s > 0:
+            raise TrainingError(f"time_budget_s={self.time_budget_s}: expected seconds > 0")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise TrainingError(f"learning_rate={self.learning_rate}: expected a finite number > 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise TrainingError(
+                f"warmup_fraction={self.warmup_fraction}: expected 0 <= warmup_fraction < 1"
+            )
+        for name, value in {
+            "target_sparsity": self.target_sparsity,
+            "resample_until": self.resample_until,
+        }.items():
+            if not 0 <= value <= 1:
+                raise TrainingError(f"{name}={value}: expected 0 <= {name} <= 1")
+        if not (self.weight_decay >= 0 and self.l1_init > 0 and self.resample_min_fires >= 0):
+            raise TrainingError(
+                f"weight_decay={self.weight_decay}, l1_init={self.l1_init}, "
+                f"resample_min_fires={self.resample_min_fires}: expected weight_decay >= 0, "
+                "l1_init > 0, resample_min_fires >= 0"
+            )
+
 
 def _frequency_weighted_l1(act: jax.Array) -> jax.Array:
     """``mean_n f_n * mean_t |act_tn| / mean_n f_n`` with ``f_n`` the neuron's firing rate in the

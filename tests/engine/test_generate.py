@@ -1,4 +1,6 @@
-"""generate: decode agrees with the dense forward, no retracing, seeds, bad prompts."""
+"""generate: decode agrees with the dense forward, no retracing, seeds, bad prompts and knobs."""
+
+import re
 
 import jax
 import numpy as np
@@ -90,3 +92,24 @@ def test_prompt_longer_than_context(model):
 def test_token_ids_out_of_vocab(model):
     with pytest.raises(pl.PromptError, match=r"\[0, 97\)"):
         pl.generate(model, np.array([5, 97]))
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"temperature": -1.0}, "temperature=-1.0: expected a finite number >= 0"),
+        ({"top_p": 2.0}, "top_p=2.0: expected 0 < top_p <= 1"),
+        ({"top_k": -3}, "top_k=-3: expected an integer >= 0"),
+    ],
+)
+def test_bad_sampling_knobs_are_a_config_error(model, knobs, message):
+    with pytest.raises(pl.ConfigError, match=re.escape(message)):
+        pl.generate(model, np.array([1, 2, 3]), max_new_tokens=2, **knobs)
+    # checked before an offload engine opens its layout (which does not exist here)
+    with pytest.raises(pl.ConfigError, match=re.escape(message)):
+        pl.generate("/nonexistent/flash", "hi", engine="powerinfer2", **knobs)
+
+
+def test_unknown_engine_is_a_config_error(model):
+    with pytest.raises(pl.ConfigError, match="engine='turbo': expected one of dense, sparse"):
+        pl.generate(model, np.array([1, 2, 3]), engine="turbo")

@@ -1,5 +1,7 @@
 """Sampling knobs: greedy, temperature, top-k, top-p, seeds."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pi2lab as pl
 from pi2lab.engine.sampling import SamplingKnobs, sample
 
 LOGITS = jnp.asarray(np.random.default_rng(0).normal(size=50) * 3, jnp.float32)
@@ -43,8 +46,18 @@ def test_sample_always_in_range_and_in_top_k(temperature, top_k, top_p):
         assert tok in np.argsort(-np.asarray(LOGITS))[:top_k]
 
 
-def test_bad_knobs():
-    with pytest.raises(ValueError, match="top_p"):
-        SamplingKnobs.make(top_p=0.0)
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingKnobs.make(temperature=-1.0)
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"temperature": -1.0}, "temperature=-1.0: expected a finite number >= 0"),
+        ({"temperature": float("nan")}, "temperature=nan"),
+        ({"temperature": float("inf")}, "temperature=inf"),
+        ({"top_k": -1}, "top_k=-1: expected an integer >= 0"),
+        ({"top_p": 0.0}, "top_p=0.0: expected 0 < top_p <= 1"),
+        ({"top_p": 2.0}, "top_p=2.0: expected 0 < top_p <= 1"),
+        ({"top_p": float("nan")}, "top_p=nan"),
+    ],
+)
+def test_bad_knobs_name_the_value_and_the_range(knobs, message):
+    with pytest.raises(pl.ConfigError, match=re.escape(message)):
+        SamplingKnobs.make(**knobs)

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
+from pi2lab.budget import MemoryBudget
 from pi2lab.convert import convert
 from pi2lab.engine.offload import OffloadEngine
 from pi2lab.engine.sparse import SparseDecoder
-from pi2lab.errors import BudgetError
+from pi2lab.errors import BudgetError, ConfigError
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan.cost import LayerStats, ModelStats, PlanChoice, envelope, token_seconds
 from pi2lab.plan.planner import plan
-from pi2lab.plan.stats import layout_stats, record_requests
+from pi2lab.plan.stats import default_prompts, layout_stats, plan_layout, record_requests
 from pi2lab.storage.layout import open_layout
 from tests.conftest import round_profile, tiny_config
 
@@ -90,6 +91,14 @@ def test_budget_errors_name_the_minimum_and_the_binding_constraint():
         plan(s, PROFILE, minimum + 4096, min_tokens_per_s=1e9)
 
 
+def test_bad_planner_settings_are_config_errors():
+    s = stats(layer(), layer())
+    with pytest.raises(ConfigError, match="cpu_threads=0: expected at least 1"):
+        plan(s, PROFILE, 10**8, cpu_threads=0)
+    with pytest.raises(ConfigError, match="min_tokens_per_s=0.0: expected a speed > 0"):
+        plan(s, PROFILE, 10**8, min_tokens_per_s=0.0)
+
+
 def test_a_plan_runs_on_the_engine_and_keeps_the_tokens(tmp_path):
     cfg = tiny_config(intermediate_size=64, num_layers=3, max_position_embeddings=128)
     model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(4), std=0.25))
@@ -125,6 +134,32 @@ def test_a_plan_runs_on_the_engine_and_keeps_the_tokens(tmp_path):
         stop_at_eos=False,
     )
     np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+def test_plan_layout_adds_a_budget_share_to_the_resident_minimum(tmp_path):
+    cfg = tiny_config(intermediate_size=64, num_layers=2, max_position_embeddings=128)
+    model = pl.Model(config=cfg, params=pl.init_params(cfg, jax.random.key(6), std=0.25))
+    from tests.engine.test_offload import random_predictors
+
+    path = convert(
+        cfg,
+        jax.tree.map(np.asarray, model.params),
+        tmp_path / "f",
+        cluster_size=4,
+        predictors=random_predictors(cfg, jax.random.key(7)),
+        plan=SparsePlan.uniform(cfg, hot=16, cluster_size=8, capacity=6),
+    )
+    layout = open_layout(path)
+    masks, _ = record_requests(layout, default_prompts(layout), 3)
+    s = layout_stats(layout, masks)
+    chosen, resident_s = plan_layout(layout, 0.5, PROFILE, tokens=3)
+    assert chosen.memory_bytes == s.fixed_bytes + s.staging_bytes + int(0.5 * layout.ffn_bytes)
+    assert sum(chosen.layer_units) * layout.stride <= 0.5 * layout.ffn_bytes
+    assert resident_s > 0
+    with pytest.raises(BudgetError, match="below the minimum"):
+        plan_layout(layout, MemoryBudget.bytes(1000), PROFILE, tokens=3)
+    with pytest.raises(ConfigError, match="3 prompts x 0 tokens"):
+        plan_layout(layout, 0.5, PROFILE, tokens=0)
 
 
 def test_fitted_constants_reproduce_their_runs():

@@ -194,3 +194,14 @@ def test_cli_simulate_json_and_bad_names():
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1
         assert "error" in proc.stderr and bad[1] in proc.stderr
+
+
+def test_cli_simulate_bad_budgets_name_the_flag(capsys):
+    from pi2lab.cli import main
+
+    for bad, message in (
+        (["--ffn-on-flash", "2"], "ffn_on_flash=2.0: expected a share in [0, 1]"),
+        (["--memory-gb", "nan"], "memory_gb=nan: expected a finite number of GB"),
+    ):
+        assert main(["simulate", *bad, "--tokens", "2"]) == 2
+        assert capsys.readouterr().err == f"pi2lab simulate: error: {message}\n"

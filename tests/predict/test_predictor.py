@@ -109,3 +109,52 @@ def test_moe_sparsify_trains_one_predictor_per_expert(tmp_path, rng):
         loaded, prompt, max_new_tokens=6, stop_at_eos=False, engine="sparse", sparse=sparse
     ).tokens
     np.testing.assert_array_equal(got, want)
+
+
+def test_load_for_engine(tmp_path, predictors, model):
+    from pi2lab.predict.fidelity import fidelity
+    from pi2lab.predict.sparsify import load_for_engine
+
+    path = pl.save_pretrained(model, tmp_path / "m")
+    dense, none = load_for_engine(path, "dense")
+    assert none is None and dense.config == CFG
+    _, oracle = load_for_engine(path, "sparse", cluster_size=3)
+    assert oracle.predictors is None  # no predictors beside the model
+    with pytest.raises(pl.ConfigError, match="engine='llmflash': expected 'dense' or 'sparse'"):
+        load_for_engine(path, "llmflash")
+    with pytest.raises(pl.ConfigError, match="0 sequences and 1 thresholds"):
+        fidelity(dense, oracle, [], [0.0])
+    with pytest.raises(pl.ConfigError, match=r"sequences \[1\] are shorter than 2 tokens"):
+        fidelity(dense, oracle, [np.arange(4), np.arange(1)], [0.0])
+
+
+def test_fidelity_table_has_a_line_per_threshold():
+    from pi2lab.predict.fidelity import format_fidelity
+
+    row = {
+        "threshold": 0.5,
+        "perplexity_dense": 10.0,
+        "perplexity_sparse": 11.0,
+        "perplexity_increase": 0.1,
+        "greedy_agreement": 0.9,
+        "cold_clusters_computed": 0.25,
+    }
+    lines = format_fidelity([row, {**row, "threshold": 1.0}]).splitlines()
+    assert lines[0].split()[:3] == ["threshold", "ppl", "dense"] and len(lines) == 3
+    assert lines[1].split() == ["0.50", "10.00", "11.00", "+10.00%", "0.900", "0.250"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 0}, "steps=0: expected an integer >= 1"),
+        ({"energy": 2.0}, "energy=2.0: expected 0 < energy <= 1"),
+        ({"min_rank": 8, "max_rank": 4}, "min_rank=8, max_rank=4"),
+        ({"learning_rate": float("nan")}, "learning_rate=nan"),
+        ({"held_out_fraction": 0.0}, "held_out_fraction=0.0"),
+        ({"target_recall": 1.5}, "target_recall=1.5"),
+    ],
+)
+def test_unusable_predictor_settings_are_refused(settings, message):
+    with pytest.raises(pl.ConfigError, match=message):
+        PredictorConfig(**settings)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pi2lab as pl
-from pi2lab.predict.profile import ActivationTrace, TraceError, profile
+from pi2lab.predict.profile import ActivationTrace, TraceError, profile, record_trace
 from pi2lab.predict.reorder import reorder_model
 from tests.conftest import tiny_config
 
@@ -73,3 +73,19 @@ def test_bad_trace_files(tmp_path):
     np.savez(tmp_path / "v99.npz", **data)
     with pytest.raises(TraceError, match="version 99"):
         ActivationTrace.load(tmp_path / "v99.npz")
+
+
+def test_record_trace_saves_and_summarises(tmp_path, rng):
+    model = model_of(CFG)
+    tokens = rng.integers(0, 97, 50).astype(np.int32)
+    summary = record_trace(model, tokens, tmp_path / "t.npz", source="random ids")
+    loaded = ActivationTrace.load(tmp_path / "t.npz")
+    assert summary["out"] == str(tmp_path / "t.npz") and summary["tokens"] == 50
+    assert summary["bytes"] == (tmp_path / "t.npz").stat().st_size
+    np.testing.assert_allclose(summary["sparsity_per_layer"], loaded.sparsity(), atol=5e-5)
+    assert loaded.meta["source"] == "random ids"
+
+
+def test_no_tokens_to_profile():
+    with pytest.raises(pl.ConfigError, match="no tokens to profile"):
+        profile(model_of(CFG), np.zeros(0, np.int32))

@@ -1,13 +1,14 @@
 """Training code: tokenizer, baselines, and a short run of the real training loop."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 import pi2lab as pl
 from pi2lab.train import baselines, corpus
-from pi2lab.train.bundled import bundled_config, model_card
+from pi2lab.train.bundled import bundled_config, card_summary, model_card
 from pi2lab.train.loop import TrainConfig, train
 from pi2lab.train.tokenizer import BOS, EOS, encode_documents, train_bpe
 
@@ -123,6 +124,43 @@ def test_model_card_reports_figures():
     }
     text = model_card(bundled_config(), card)
     assert "| this model | 12.5 |" in text and "| mean | 0.850 | 0.050 | 0.010 | 0.350 |" in text
+    assert card_summary(card) == {**card["held_out"], "mean_sparsity": pytest.approx(0.85)}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 0}, "steps=0: expected an integer >= 1"),
+        ({"seq_len": 0}, "seq_len=0"),
+        ({"batch_size": -2}, "batch_size=-2"),
+        ({"eval_every": 0}, "eval_every=0"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0: expected a finite number > 0"),
+        ({"time_budget_s": float("nan")}, "time_budget_s=nan"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction=1.0: expected 0 <= warmup_fraction < 1"),
+        ({"target_sparsity": 1.5}, "target_sparsity=1.5: expected 0 <= target_sparsity <= 1"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+    ],
+)
+def test_unusable_training_settings_are_refused(settings, message):
+    with pytest.raises(pl.TrainingError, match=re.escape(message)):
+        TrainConfig(**settings)
+
+
+def test_corpus_sequences_are_consecutive_and_checked():
+    model = pl.load_pretrained("builtin")
+    seqs = corpus.corpus_sequences(model, "held_out", 3, 40)
+    np.testing.assert_array_equal(
+        np.concatenate(seqs), corpus.corpus_tokens(model, "held_out", 120)
+    )
+    assert [s.shape for s in seqs] == [(40,)] * 3
+    with pytest.raises(pl.ConfigError, match="sequences=0"):
+        corpus.corpus_sequences(model, "held_out", 0, 40)
+    with pytest.raises(pl.ConfigError, match="length=1"):
+        corpus.corpus_sequences(model, "held_out", 3, 1)
+    with pytest.raises(pl.ConfigError, match="the held_out split has"):
+        corpus.corpus_sequences(model, "held_out", 10**5, 1000)
+    with pytest.raises(pl.ConfigError, match="split='test'"):
+        corpus.corpus_tokens(model, "test")
 
 
 def test_resample_dead_reinitialises_only_dead_neurons():
