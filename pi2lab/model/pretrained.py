@@ -210,7 +210,6 @@ def save_pretrained(
     end, so an interrupted save leaves no half-written checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     params = merge_ffn(model.params)  # the sparse layout is saved as whole matrices
     # an existing directory keeps its other files (predictors, logs); ours are replaced
     with atomic_dir(path, merge=True) as tmp:
