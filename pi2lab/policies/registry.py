@@ -76,10 +76,4 @@ def policy_label(name: str) -> str:
     return {"lru": "LRU", "lfu": "LFU", "static-hot": "StaticHot"}[kind]
 
 
-def hot_fraction_of(name: str, default: float = 0.5) -> float:
-    """The hot share a ``segmented-F`` name gives (``default`` for any other name)."""
-    kind, arg = parse_policy(name)
-    return arg if kind == "segmented" and arg is not None else default
-
-
-__all__ = ["POLICY_KINDS", "hot_fraction_of", "make_policy", "parse_policy", "policy_label"]
+__all__ = ["POLICY_KINDS", "make_policy", "parse_policy", "policy_label"]

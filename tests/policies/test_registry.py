@@ -5,7 +5,7 @@ import pytest
 from pi2lab.engine.offload import OffloadConfig
 from pi2lab.errors import ConfigError
 from pi2lab.policies import LFU, LRU, Segmented, StaticHot, Window
-from pi2lab.policies.registry import hot_fraction_of, make_policy, parse_policy, policy_label
+from pi2lab.policies.registry import make_policy, parse_policy, policy_label
 
 
 def test_names_build_their_policies():
@@ -40,11 +40,10 @@ def test_unknown_names_are_refused(name):
         OffloadConfig(policy=name)
 
 
-def test_labels_and_hot_fraction():
+def test_labels():
     assert [policy_label(n) for n in ("lru", "window", "segmented-0.8", "static-hot")] == [
         "LRU",
         "Window(5)",
         "Segmented (hot 80%)",
         "StaticHot",
     ]
-    assert hot_fraction_of("segmented-0.8") == 0.8 and hot_fraction_of("lru") == 0.5
