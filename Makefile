@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-NATIVE := setup.py $(wildcard pi2lab/kernels/native/*.cc)
+NATIVE := setup.py $(wildcard pi2lab/kernels/native/*.cc pi2lab/kernels/native/*.h)
 
 $(VENV)/.base: pyproject.toml $(NATIVE) | $(BIN)/python
 	$(BIN)/pip install -q -e .

@@ -3,14 +3,17 @@ compiler. Metadata lives in pyproject.toml. Without a compiler the build goes on
 them and pi2lab computes the same results with its pure-JAX kernels (``pi2lab info
 --kernels`` says which path runs)."""
 
+import glob
+
 import jax
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
-            "pi2lab.kernels._native",
-            sources=["pi2lab/kernels/native/sparse_ffn.cc"],
+            "pi2lab._native",
+            sources=sorted(glob.glob("pi2lab/kernels/native/*.cc")),
+            depends=sorted(glob.glob("pi2lab/kernels/native/*.h")),
             include_dirs=[jax.ffi.include_dir()],
             language="c++",
             extra_compile_args=[

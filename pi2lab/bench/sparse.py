@@ -31,7 +31,7 @@ from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import ConfigError
-from pi2lab.kernels.ffi import kernel_status
+from pi2lab.ffi import kernel_status
 from pi2lab.kernels.predictor import scores
 from pi2lab.kernels.sparse_ffn import sparse_ffn, sparse_layout
 from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pi2lab.kernels.ffi import kernel_status
+    from pi2lab.ffi import kernel_status
     from pi2lab.model.info import model_info
     from pi2lab.predict.sparsify import sparse_summary
 

@@ -7,7 +7,7 @@ clusters the predictor marks active are computed. Nothing is sliced out of a lar
 inside the step (XLA:CPU copies such slices before a dot).
 
 Two formulations compute the same thing (``impl``):
-  * ``"native"``: one XLA FFI call per FFN (:mod:`pi2lab.kernels.ffi`) that reads the hot
+  * ``"native"``: one XLA FFI call per FFN (:mod:`pi2lab.ffi`) that reads the hot
     block and the active clusters in place on all cores and skips the down row of every
     neuron whose activation is zero. CPU only, float32.
   * ``"loop"``: pure JAX, a loop over the active clusters reading each ``[C, D]`` in place;
@@ -30,7 +30,7 @@ import numpy as np
 
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
-from pi2lab.kernels.ffi import native_available
+from pi2lab.ffi import native_available
 from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model.layers import ffn_activation, ffn_blocks
 from pi2lab.model.params import split_ffn

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.config import Activation, ModelConfig
+from pi2lab.quant.ops import QArray, is_quantized, qaxpy, qdot
 
 _MASKED = -1e30
 
@@ -95,13 +96,34 @@ def ffn_activation(
     raise ValueError(f"unknown FFN activation {kind!r}")
 
 
+def rows_in(x: jax.Array, w: jax.Array | QArray) -> jax.Array:
+    """``x [..., D] . w[..., F, D]^T -> [..., (E,) F]``: one output per row of ``w`` (gate, up,
+    a head); quantized ``w`` through the quantized kernels."""
+    if is_quantized(w):
+        return qdot(x, w).reshape(*x.shape[:-1], *w.shape[:-1]).astype(x.dtype)
+    return jnp.einsum("...d,fd->...f" if w.ndim == 2 else "...d,efd->...ef", x, w)
+
+
+def rows_out(a: jax.Array, w: jax.Array | QArray) -> jax.Array:
+    """``a [..., (E,) F] . w[(E,) F, D] -> [..., D]``: the rows of ``w`` weighted by ``a`` (the
+    down projection, stored one neuron per row)."""
+    if is_quantized(w):
+        lead = a.shape[: a.ndim - (w.ndim - 1)]
+        return qaxpy(a.reshape(*lead, -1), w).astype(a.dtype)
+    return jnp.einsum("...f,fd->...d" if w.ndim == 2 else "...ef,efd->...d", a, w)
+
+
 def ffn_blocks(p: dict) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     """A layer's FFN weights as ``(gate, up, down)`` blocks of neurons, each ``[..., F_i, D]``:
     the whole matrices, or (sparse layout) the hot block then the cold clusters flattened (a
-    reshape, not a copy). Blocks with no neurons are left out."""
+    reshape, not a copy). Blocks with no neurons are left out. Quantized weights
+    (:class:`~pi2lab.quant.ops.QArray`) alike."""
     if "gate" in p:
         return [(p["gate"], p["up"], p["down"])]
-    flat = lambda w: w.reshape(*w.shape[:-3], -1, w.shape[-1])  # [..., NC, C, D] -> [..., F, D]
+
+    def flat(w):  # [..., NC, C, D] -> [..., F, D]
+        return jax.tree.map(lambda a: a.reshape(*a.shape[:-3], -1, a.shape[-1]), w)
+
     blocks = [
         (p["hot_gate"], p["hot_up"], p["hot_down"]),
         (flat(p["cold_gate"]), flat(p["cold_up"]), flat(p["cold_down"])),
@@ -117,10 +139,9 @@ def ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """
     out, acts = 0.0, []
     for gate_w, up_w, down_w in ffn_blocks(p):
-        gate = jnp.einsum("btd,fd->btf", x, gate_w)
-        up = jnp.einsum("btd,fd->btf", x, up_w)
+        gate, up = rows_in(x, gate_w), rows_in(x, up_w)
         act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
-        out = out + jnp.einsum("btf,fd->btd", act, down_w)
+        out = out + rows_out(act, down_w)
         acts.append(act)
     return out, jnp.concatenate(acts, axis=-1)
 
@@ -147,10 +168,9 @@ def moe_ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Arr
     weights = moe_routing(x, p["router"], cfg.num_experts_per_tok).astype(x.dtype)  # [B, T, E]
     out, acts = 0.0, []
     for gate_w, up_w, down_w in ffn_blocks(p):
-        gate = jnp.einsum("btd,efd->btef", x, gate_w)
-        up = jnp.einsum("btd,efd->btef", x, up_w)
+        gate, up = rows_in(x, gate_w), rows_in(x, up_w)
         act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
         act = act * (weights > 0)[..., None]
-        out = out + jnp.einsum("btef,efd,bte->btd", act, down_w, weights)
+        out = out + rows_out(act * weights[..., None], down_w)
         acts.append(act)
     return out, jnp.concatenate(acts, axis=-1)

@@ -23,6 +23,8 @@ import numpy as np
 
 from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
+from pi2lab.quant.format import QuantKind, check_kind
+from pi2lab.quant.ops import is_quantized, quantize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,27 +110,38 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
 
 
 def assemble(cfg: ModelConfig, leaves: dict[tuple, np.ndarray], dtype) -> dict:
-    """Builds the parameter tree from ``{spec.path: internal array}`` (experts are stacked)."""
+    """Builds the parameter tree from ``{spec.path: internal array}`` (experts are stacked).
+    Float arrays become ``dtype``; quantized ones (:class:`~pi2lab.quant.ops.QArray`) keep
+    theirs."""
     params: dict = {"layers": [{} for _ in range(cfg.num_layers)]}
     experts: dict[tuple, dict[int, np.ndarray]] = {}
+
+    def device(a):
+        if is_quantized(a):
+            return jax.tree.map(jnp.asarray, a)
+        return jnp.asarray(a, dtype)
+
     for path, arr in leaves.items():
         if path[0] == "layers" and len(path) == 4:
             experts.setdefault(path[:3], {})[path[3]] = arr
         elif path[0] == "layers":
-            params["layers"][path[1]][path[2]] = jnp.asarray(arr, dtype)
+            params["layers"][path[1]][path[2]] = device(arr)
         else:
-            params[path[0]] = jnp.asarray(arr, dtype)
+            params[path[0]] = device(arr)
     for (_, i, name), by_expert in experts.items():
-        stacked = np.stack([by_expert[e] for e in range(cfg.num_experts)])
-        params["layers"][i][name] = jnp.asarray(stacked, dtype)
+        stacked = jax.tree.map(
+            lambda *a: np.stack(a), *[by_expert[e] for e in range(cfg.num_experts)]
+        )
+        params["layers"][i][name] = device(stacked)
     return params
 
 
 def leaf(params: dict, path: tuple) -> jax.Array:
-    """The array at ``spec.path`` (an expert's slice for 4-part MoE paths)."""
+    """The array at ``spec.path`` (an expert's slice for 4-part MoE paths; of both arrays of
+    a quantized one)."""
     node = params
     for part in path:
-        node = node[part]
+        node = node.rows(lambda a, part=part: a[part]) if is_quantized(node) else node[part]
     return node
 
 
@@ -182,11 +195,12 @@ def split_ffn(params: dict, hot: list[int], cluster_size: list[int]) -> dict:
                 f"expected 0 <= hot <= {f} and the cold neurons a multiple of cluster_size"
             )
         rest = {k: v for k, v in p.items() if k not in FFN_KEYS}
-        for k in FFN_KEYS:
-            w = p[k]  # [..., F, D]
-            cold = w[..., h:, :]
-            rest[f"hot_{k}"] = w[..., :h, :]
-            rest[f"cold_{k}"] = cold.reshape(*w.shape[:-2], -1, c, w.shape[-1])
+        for k in FFN_KEYS:  # [..., F, D] (quantized: both of its arrays alike)
+            rest[f"hot_{k}"] = jax.tree.map(lambda a, h=h: a[..., :h, :], p[k])
+            rest[f"cold_{k}"] = jax.tree.map(
+                lambda a, h=h, c=c: a[..., h:, :].reshape(*a.shape[:-2], -1, c, a.shape[-1]),
+                p[k],
+            )
         layers.append(rest)
     return {**params, "layers": layers}
 
@@ -200,8 +214,60 @@ def merge_ffn(params: dict) -> dict:
             continue
         rest = {k: v for k, v in p.items() if not k.startswith(("hot_", "cold_"))}
         for k in FFN_KEYS:
-            cold = p[f"cold_{k}"]
-            cold = cold.reshape(*cold.shape[:-3], -1, cold.shape[-1])
-            rest[k] = jnp.concatenate([p[f"hot_{k}"], cold], axis=-2)
+            rest[k] = jax.tree.map(
+                lambda hot, cold: jnp.concatenate(
+                    [hot, cold.reshape(*cold.shape[:-3], -1, cold.shape[-1])], axis=-2
+                ),
+                p[f"hot_{k}"],
+                p[f"cold_{k}"],
+            )
         layers.append(rest)
     return {**params, "layers": layers}
+
+
+def quantized_kind(params: dict) -> QuantKind | None:
+    """The quantization of ``params`` (:func:`quantize_params`), or None for float weights."""
+    head = params["embed"]
+    return head.kind if is_quantized(head) else None
+
+
+def quantize_params(params: dict, kind: str) -> dict:
+    """``params`` with every matrix quantized to ``kind`` (``"int8"`` or ``"int4"``, the block
+    format of :mod:`pi2lab.quant.format`); norms and the MoE router stay float.
+
+    Matrices are stored one output per row, quantized along the reduction axis: ``embed`` and
+    ``lm_head [V, D]``, ``q [H*K, D]``, ``k``/``v [G*K, D]``, ``o [D, H*K]``, and the FFN
+    neuron-major as before (``gate``/``up``/``down [(E,) F, D]``, or the sparse layout), so
+    that a sparse FFN reads whole rows. Already quantized params are returned as they are.
+
+    Raises:
+      ConfigError: an unknown ``kind``, params quantized to another kind, or a matrix whose
+        rows do not tile into blocks of 32 (the message names it).
+    """
+    kind = check_kind(kind)
+    have = quantized_kind(params)
+    if have is not None:
+        if have != kind:
+            raise ConfigError(f"weights={kind!r}: these parameters are already {have}")
+        return params
+
+    def q(w, name, transpose_from: int | None = None):
+        a = np.asarray(w, np.float32)
+        if transpose_from is not None:  # [*in, *out] -> [prod(out), prod(in)]
+            a = np.ascontiguousarray(a.reshape(int(np.prod(a.shape[:transpose_from])), -1).T)
+        return quantize(a, kind, name)
+
+    out = {**params, "embed": q(params["embed"], "embed")}
+    if "lm_head" in params:
+        out["lm_head"] = q(params["lm_head"], "lm_head")
+    layers = []
+    for i, p in enumerate(params["layers"]):
+        new = dict(p)
+        for k in ("q", "k", "v"):  # [D, N, K] -> [N*K, D]
+            new[k] = q(p[k], f"layers.{i}.{k}", transpose_from=1)
+        new["o"] = q(p["o"], f"layers.{i}.o", transpose_from=2)  # [H, K, D] -> [D, H*K]
+        for k, w in p.items():
+            if k in FFN_KEYS or k.startswith(("hot_", "cold_")):
+                new[k] = q(w, f"layers.{i}.{k}")
+        layers.append(new)
+    return {**out, "layers": layers}

@@ -2,6 +2,12 @@
 
 A checkpoint directory holds ``config.json``, ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``) and optionally ``tokenizer.json``.
+
+A quantized model (``weights="int8"`` or ``"int4"``) is saved with each matrix as two tensors,
+``<name>.q`` and ``<name>.scales``, in the block format of :mod:`pi2lab.quant.format` and the
+row layout of :func:`~pi2lab.model.params.quantize_params` (one output per row; the FFN's down
+projection one neuron per row, i.e. transposed from Hugging Face's ``down_proj``); norms and
+the router stay float. Such a checkpoint loads back without requantizing.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ from tqdm.auto import tqdm
 from pi2lab.config import ModelConfig
 from pi2lab.errors import CheckpointError, ConfigError
 from pi2lab.fileio import atomic_dir
-from pi2lab.model.params import assemble, leaf, merge_ffn, tensor_specs
+from pi2lab.model.params import (
+    TensorSpec,
+    assemble,
+    leaf,
+    merge_ffn,
+    quantize_params,
+    quantized_kind,
+    tensor_specs,
+)
+from pi2lab.quant import format as qf
+from pi2lab.quant.ops import QArray, is_quantized
 
 BUILTIN = "pydoc-drelu"
 SINGLE_FILE = "model.safetensors"
@@ -75,7 +91,13 @@ class Model:
 
     @property
     def dtype(self):
-        return self.params["embed"].dtype
+        """The compute dtype (of the activations; quantized weights compute in float32)."""
+        return self.params["final_norm"].dtype
+
+    @property
+    def weights(self) -> str:
+        """``"int8"``/``"int4"`` for quantized weights, else the float dtype's name."""
+        return quantized_kind(self.params) or jnp.dtype(self.dtype).name
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of ``text`` (BOS prepended when the config names one) as int32."""
@@ -92,7 +114,10 @@ class Model:
         return self.tokenizer.decode([int(i) for i in ids])
 
     def astype(self, dtype) -> Model:
-        params = jax.tree.map(lambda a: a.astype(dtype), self.params)
+        """The model computing in ``dtype``; quantized weights stay as they are."""
+        params = jax.tree.map(
+            lambda a: a if is_quantized(a) else a.astype(dtype), self.params, is_leaf=is_quantized
+        )
         return dataclasses.replace(self, params=params)
 
 
@@ -147,54 +172,131 @@ def _read_bf16(file: Path, name: str) -> np.ndarray:
     return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(info["shape"]).astype(np.float32)
 
 
-def load_pretrained(path_or_name: str | os.PathLike = "builtin", *, dtype=jnp.float32) -> Model:
+# The row layout of a quantized matrix, by the last part of its internal path.
+def _quantized_rows(cfg: ModelConfig, name: str) -> tuple[int, int] | None:
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    h, g = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    rows = {"embed": (v, d), "lm_head": (v, d), "q": (h, d), "k": (g, d), "v": (g, d)}
+    rows |= {"o": (d, h), "gate": (f, d), "up": (f, d), "down": (f, d)}
+    return rows.get(name)
+
+
+def _matrix_name(spec: TensorSpec) -> str:
+    return spec.path[2] if spec.path[0] == "layers" else spec.path[0]
+
+
+class _Reader:
+    """Tensors of a checkpoint by name, opened once per file, with errors that name them."""
+
+    def __init__(self, path: Path):
+        self.path, self.where, self.handles = path, weight_files(path), {}
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+    def open(self, file: Path):
+        if file not in self.handles:
+            self.handles[file] = open_safetensors(file)
+        return self.handles[file]
+
+    def dtype(self, name: str) -> str:
+        return self.open(self.where[name]).get_slice(name).get_dtype()
+
+    def read(self, name: str, shape: tuple[int, ...], what: str = "") -> np.ndarray:
+        file = self.where.get(name)
+        if file is None:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} is missing; expected {what}shape {list(shape)}"
+            )
+        fh = self.open(file)
+        try:
+            meta = fh.get_slice(name)
+            got, dt = tuple(meta.get_shape()), meta.get_dtype()
+        except Exception as e:
+            raise CheckpointError(f"{file}: tensor {name!r} is missing ({e})") from e
+        if got != shape:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} has shape {list(got)}, expected {what}"
+                f"{list(shape)} from config.json"
+            )
+        try:
+            return _read_bf16(file, name) if dt == "BF16" else fh.get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(
+                f"{file}: tensor {name!r} could not be read; the file may be truncated ({e})"
+            ) from e
+
+
+def _read_quantized(reader: _Reader, name: str, rows: tuple[int, int], kind) -> QArray:
+    n, k = rows
+    q = reader.read(f"{name}.q", (n, qf.row_bytes(k, kind)), f"{kind} ")
+    scales = reader.read(f"{name}.scales", (n, k // qf.BLOCK), "float16 scales of ")
+    want = np.int8 if kind == "int8" else np.uint8
+    if q.dtype != want or scales.dtype != np.float16:
+        raise CheckpointError(
+            f"{reader.path}: tensor {name!r} is stored as {q.dtype} with {scales.dtype} scales; "
+            f"expected {np.dtype(want).name} with float16 scales ({kind})"
+        )
+    return QArray(q, scales, kind)
+
+
+def load_pretrained(
+    path_or_name: str | os.PathLike = "builtin", *, dtype=jnp.float32, weights: str | None = None
+) -> Model:
     """Loads a checkpoint directory (or ``"builtin"``) into a :class:`Model`.
 
     Weights stored as bf16/fp16/f32 are converted to ``dtype`` (the compute dtype).
+    ``weights="int8"`` or ``"int4"`` quantizes them at load
+    (:func:`~pi2lab.model.params.quantize_params`); a quantized checkpoint (written by
+    :func:`save_pretrained`) loads as it was saved, and ``weights`` must then name its
+    quantization or be None.
 
     Raises:
       CheckpointError: missing/truncated/non-safetensors files, absent shards, missing tensors,
-        tensors whose shape disagrees with the config.
-      ConfigError: a config.json that is missing fields or names an unknown architecture.
+        tensors whose shape disagrees with the config, quantized tensors without their scales
+        or with mis-shaped ones.
+      ConfigError: a config.json that is missing fields or names an unknown architecture; an
+        unknown ``weights``, or one that a quantized checkpoint cannot give.
     """
+    if weights is not None:
+        qf.check_kind(weights)
     path = resolve(path_or_name)
     cfg = load_config(path)
-    where = weight_files(path)
-    handles: dict[Path, object] = {}
-    leaves = {}
+    reader = _Reader(path)
     specs = tensor_specs(cfg)
+    stored = _stored_kind(reader, specs[0])
+    if stored is not None and weights not in (None, stored):
+        raise ConfigError(f"weights={weights!r}: {path} holds {stored} weights; expected {stored}")
+    leaves = {}
     for spec in tqdm(
         specs, desc=f"loading {path.name}", unit="tensor", leave=False, disable=len(specs) < 200
     ):
-        file = where.get(spec.hf_name)
-        if file is None:
-            raise CheckpointError(
-                f"{path}: tensor {spec.hf_name!r} is missing; expected shape {list(spec.hf_shape)}"
-            )
-        if file not in handles:
-            handles[file] = open_safetensors(file)
-        fh = handles[file]
-        try:
-            meta = fh.get_slice(spec.hf_name)
-            shape, dt = tuple(meta.get_shape()), meta.get_dtype()
-        except Exception as e:
-            raise CheckpointError(f"{file}: tensor {spec.hf_name!r} is missing ({e})") from e
-        if shape != spec.hf_shape:
-            raise CheckpointError(
-                f"{file}: tensor {spec.hf_name!r} has shape {list(shape)}, "
-                f"expected {list(spec.hf_shape)} from config.json"
-            )
-        try:
-            arr = _read_bf16(file, spec.hf_name) if dt == "BF16" else fh.get_tensor(spec.hf_name)
-        except Exception as e:
-            raise CheckpointError(
-                f"{file}: tensor {spec.hf_name!r} could not be read; the file "
-                f"may be truncated ({e})"
-            ) from e
-        leaves[spec.path] = spec.to_internal(np.asarray(arr, np.float32))
+        rows = _quantized_rows(cfg, _matrix_name(spec))
+        if stored is not None and rows is not None:
+            leaves[spec.path] = _read_quantized(reader, spec.hf_name, rows, stored)
+        else:
+            arr = reader.read(spec.hf_name, spec.hf_shape)
+            leaves[spec.path] = spec.to_internal(np.asarray(arr, np.float32))
     tok_file = path / "tokenizer.json"
     tokenizer = tokenizers.Tokenizer.from_file(str(tok_file)) if tok_file.is_file() else None
-    return Model(config=cfg, params=assemble(cfg, leaves, dtype), tokenizer=tokenizer, path=path)
+    params = assemble(cfg, leaves, dtype)
+    if weights is not None and stored is None:
+        params = quantize_params(params, weights)
+    return Model(config=cfg, params=params, tokenizer=tokenizer, path=path)
+
+
+def _stored_kind(reader: _Reader, first: TensorSpec) -> str | None:
+    """The quantization a checkpoint was saved with (that of its embedding), or None."""
+    name = f"{first.hf_name}.q"
+    if reader.has(first.hf_name) or not reader.has(name):
+        return None
+    kind = {"I8": "int8", "U8": "int4"}.get(reader.dtype(name))
+    if kind is None:
+        raise CheckpointError(
+            f"{reader.path}: tensor {name!r} is {reader.dtype(name)}; expected I8 (int8) or "
+            "U8 (packed int4)"
+        )
+    return kind
 
 
 def save_pretrained(
@@ -204,19 +306,25 @@ def save_pretrained(
     dtype=np.float32,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Writes ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``path``.
+    """Writes ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``path``
+    (quantized models as described in the module's docstring; ``dtype`` is then that of the
+    float tensors).
 
-    Files are written to a temporary directory beside ``path`` and moved into place at the
-    end, so an interrupted save leaves no half-written checkpoint.
+        Files are written to a temporary directory beside ``path`` and moved into place at the
+        end, so an interrupted save leaves no half-written checkpoint.
     """
     path = Path(path)
     params = merge_ffn(model.params)  # the sparse layout is saved as whole matrices
     # an existing directory keeps its other files (predictors, logs); ours are replaced
     with atomic_dir(path, merge=True) as tmp:
-        tensors = {
-            spec.hf_name: spec.to_hf(np.asarray(leaf(params, spec.path), np.float32)).astype(dtype)
-            for spec in tensor_specs(model.config)
-        }
+        tensors = {}
+        for spec in tensor_specs(model.config):
+            w = leaf(params, spec.path)
+            if is_quantized(w):  # the quantized row layout, q and scales
+                tensors[f"{spec.hf_name}.q"] = np.asarray(w.q)
+                tensors[f"{spec.hf_name}.scales"] = np.asarray(w.scales)
+            else:
+                tensors[spec.hf_name] = spec.to_hf(np.asarray(w, np.float32)).astype(dtype)
         safetensors.numpy.save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
         if model.tokenizer is not None:

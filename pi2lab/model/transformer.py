@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from pi2lab.config import ModelConfig
 from pi2lab.model import layers
 from pi2lab.model.kv_cache import KVCache
+from pi2lab.quant.ops import is_quantized, qdot, take_rows
 
 FfnFn = Callable[[int, jax.Array, jax.Array, dict], tuple[jax.Array, jax.Array]]
 
@@ -18,6 +19,29 @@ def dense_ffn(cfg: ModelConfig) -> FfnFn:
     """The dense FFN (all neurons, all experts) as a forward ``ffn`` hook."""
     layer_fn = layers.moe_ffn if cfg.is_moe else layers.ffn
     return lambda i, resid, h, p: layer_fn(h, p, cfg)
+
+
+def heads_in(h: jax.Array, w, n: int) -> jax.Array:
+    """``h [B, T, D]`` -> ``[B, T, N, K]`` through a query/key/value projection: internal
+    ``w [D, N, K]``, or quantized ``[N*K, D]`` (one output per row)."""
+    if is_quantized(w):
+        return qdot(h, w).reshape(*h.shape[:-1], n, -1).astype(h.dtype)
+    return jnp.einsum("btd,dnk->btnk", h, w)
+
+
+def heads_out(att: jax.Array, w) -> jax.Array:
+    """``att [B, T, H, K]`` -> ``[B, T, D]`` through the output projection: internal
+    ``w [H, K, D]``, or quantized ``[D, H*K]``."""
+    if is_quantized(w):
+        return qdot(att.reshape(*att.shape[:-2], -1), w).astype(att.dtype)
+    return jnp.einsum("bthk,hkd->btd", att, w)
+
+
+def lm_head(x: jax.Array, w) -> jax.Array:
+    """Logits ``[B, T, V]`` float32 of the final hidden states ``x [B, T, D]``."""
+    if is_quantized(w):
+        return qdot(x, w)
+    return jnp.einsum("btd,vd->btv", x, w).astype(jnp.float32)
 
 
 def attention_block(
@@ -36,14 +60,14 @@ def attention_block(
     ``start`` and the returned ones are the whole updated cache; without, just the new ones.
     """
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = layers.apply_rope(jnp.einsum("btd,dhk->bthk", h, p["q"]), q_pos, inv_freq)
-    k = layers.apply_rope(jnp.einsum("btd,dgk->btgk", h, p["k"]), q_pos, inv_freq)
-    v = jnp.einsum("btd,dgk->btgk", h, p["v"])
+    q = layers.apply_rope(heads_in(h, p["q"], cfg.num_heads), q_pos, inv_freq)
+    k = layers.apply_rope(heads_in(h, p["k"], cfg.num_kv_heads), q_pos, inv_freq)
+    v = heads_in(h, p["v"], cfg.num_kv_heads)
     if kv is not None:
         k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), start, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), start, axis=1)
     att = layers.attention(q, k, v, q_pos, kv_pos, cfg.sliding_window)
-    return x + jnp.einsum("bthk,hkd->btd", att, p["o"]), k, v
+    return x + heads_out(att, p["o"]), k, v
 
 
 def forward(
@@ -72,7 +96,7 @@ def forward(
     kv_pos = q_pos if cache is None else jnp.arange(cache.capacity)
     inv_freq = layers.rope_inv_freq(cfg)
     ffn = ffn or dense_ffn(cfg)
-    x = params["embed"][tokens]  # [B, T, D]
+    x = take_rows(params["embed"], tokens).astype(params["final_norm"].dtype)  # [B, T, D]
     new_k, new_v, acts = [], [], []
     for i, p in enumerate(params["layers"]):
         kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -85,6 +109,6 @@ def forward(
         acts.append(act)
     x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
-    logits = jnp.einsum("btd,vd->btv", x, head).astype(jnp.float32)
+    logits = lm_head(x, head)
     new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v))
     return logits, new_cache, acts

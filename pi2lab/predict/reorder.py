@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,10 +26,12 @@ def permute_params(params: dict, perm: np.ndarray) -> dict:
     for p, order in zip(params["layers"], perm, strict=True):
         order = jnp.asarray(order)
         if order.ndim == 1:
-            moved = {k: p[k][order] for k in ("gate", "up", "down")}
+            moved = {k: jax.tree.map(lambda a, o=order: a[o], p[k]) for k in ("gate", "up", "down")}
         else:  # [E, F]: a different order per expert
             moved = {
-                k: jnp.take_along_axis(p[k], order[:, :, None], axis=1)
+                k: jax.tree.map(
+                    lambda a, o=order: jnp.take_along_axis(a, o[:, :, None], axis=1), p[k]
+                )
                 for k in ("gate", "up", "down")
             }
         new_layers.append({**p, **moved})

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pi2lab.errors import ConfigError
-from pi2lab.kernels.ffi import kernel_status, native_available
+from pi2lab.ffi import kernel_status, native_available
 from pi2lab.kernels.sparse_ffn import (
     cluster_activity,
     sparse_ffn,

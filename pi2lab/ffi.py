@@ -1,7 +1,8 @@
 """pi2lab's native CPU kernels, registered with XLA through the FFI when they were built.
 
-The package's build compiles ``pi2lab/kernels/native/*.cc`` into ``pi2lab.kernels._native``
-with the system compiler (``setup.py``). Where it was not built (no compiler), or on another
+The package's build compiles ``pi2lab/kernels/native/*.cc`` into ``pi2lab._native`` with the
+system compiler (``setup.py``): the float32 cluster-sparse FFN and the quantized products
+(int8/int4 dot, axpy and cluster-sparse FFN). Where it was not built (no compiler), or on another
 backend than the CPU, the kernels' pure-JAX formulations compute the same results; ``pi2lab
 info --kernels`` says which runs and why.
 """
@@ -16,7 +17,7 @@ import jax
 @functools.cache
 def _load() -> tuple[object | None, str]:
     try:
-        from pi2lab.kernels import _native
+        from pi2lab import _native
     except ImportError as e:
         return None, f"not built ({e}); reinstall with a C++ compiler: pip install -e ."
     for name, capsule in _native.handlers().items():
@@ -29,8 +30,19 @@ def native_available() -> bool:
     return _load()[0] is not None
 
 
+def use_isa(name: str) -> bool:
+    """Runs the quantized kernels on instruction set ``name`` (``avx512vnni``, ``avx2`` or
+    ``portable``) if the kernels are built and this CPU has it; returns whether it does. For
+    tests and comparisons: the best one is picked by default (``PI2LAB_NATIVE_ISA`` chooses
+    another at start-up)."""
+    native = _load()[0]
+    return native is not None and native.set_isa(name)
+
+
 def kernel_status() -> dict:
-    """Which sparse-FFN path runs here and why: ``{"path", "reason", ...}``."""
+    """Which kernel path runs here and why: ``{"path", "reason", ...}``; with the native
+    kernels, ``isa`` (float32 sparse FFN), ``quant_isa`` (quantized products) and
+    ``threads``."""
     native, why = _load()
     if native is None:
         return {"path": "jax", "reason": why}

@@ -1,0 +1,159 @@
+"""Quantized matrices in JAX and the products decode computes with them.
+
+A :class:`QArray` holds a matrix ``[..., N, K]`` in the block format of
+:mod:`pi2lab.quant.format` (rows quantized along ``K``). Two products read it:
+
+* :func:`qdot`, ``x [..., K] -> [..., N]`` (every projection whose weights are stored one
+  output per row: attention, gate, up, LM head);
+* :func:`qaxpy`, ``x [..., N] -> [..., K]`` (the FFN's down projection, stored one neuron per
+  row so that a sparse FFN reads whole rows; rows whose ``x`` is zero are skipped).
+
+On the CPU with the native kernels built (:mod:`pi2lab.ffi`), each is one XLA FFI call that
+reads the quantized blocks in place. Elsewhere a pure-JAX formulation computes the same thing
+(:func:`qdot` quantizes the activations per block exactly as the kernel does) by dequantizing
+the weights, at XLA's speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pi2lab.errors import ConfigError
+from pi2lab.ffi import native_available
+from pi2lab.quant import format as qf
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QArray:
+    """A quantized matrix ``[..., N, K]``: ``q`` (int8 ``[..., N, K]`` or packed int4 uint8
+    ``[..., N, K/2]``) and ``scales`` (float16 ``[..., N, K/32]``). A pytree: tree maps over
+    its row axes (slicing, reshaping, permuting rows) apply to both arrays alike."""
+
+    q: jax.Array
+    scales: jax.Array
+    kind: qf.QuantKind = dataclasses.field(metadata={"static": True})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.scales.shape[:-1], self.scales.shape[-1] * qf.BLOCK)
+
+    @property
+    def ndim(self) -> int:
+        return self.scales.ndim
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.size * self.q.dtype.itemsize + self.scales.size * 2)
+
+    def rows(self, fn) -> QArray:
+        """``fn`` applied to both arrays' leading (row) axes, e.g. a slice or a gather."""
+        return QArray(fn(self.q), fn(self.scales), self.kind)
+
+    def reshape_rows(self, *rows: int) -> QArray:
+        """The same rows viewed as ``[*rows, K]`` (a reshape of the leading axes only)."""
+        return QArray(
+            self.q.reshape(*rows, self.q.shape[-1]),
+            self.scales.reshape(*rows, self.scales.shape[-1]),
+            self.kind,
+        )
+
+    def __repr__(self) -> str:
+        return f"QArray({self.kind}, shape={list(self.shape)})"
+
+
+def is_quantized(w) -> bool:
+    return isinstance(w, QArray)
+
+
+def quantize(w, kind: qf.QuantKind, name: str = "weights") -> QArray:
+    """A float matrix ``[..., N, K]`` (``K`` a multiple of 32) as a :class:`QArray`."""
+    q, scales = qf.quantize(np.asarray(w, np.float32), qf.check_kind(kind), name)
+    return QArray(jnp.asarray(q), jnp.asarray(scales), kind)
+
+
+def dequantize(w: QArray) -> jax.Array:
+    """The float32 matrix ``[..., N, K]`` a :class:`QArray` stands for (jnp)."""
+    q = w.q
+    if w.kind == "int4":
+        b = q.reshape(*q.shape[:-1], -1, qf.BLOCK // 2)
+        lo = (b & 0x0F).astype(jnp.int8) - 8
+        hi = (b >> 4).astype(jnp.int8) - 8
+        q = jnp.concatenate([lo, hi], axis=-1)
+    else:
+        q = q.reshape(*q.shape[:-1], -1, qf.BLOCK)
+    out = q.astype(jnp.float32) * w.scales.astype(jnp.float32)[..., None]
+    return out.reshape(w.shape)
+
+
+def take_rows(w, idx: jax.Array) -> jax.Array:
+    """Rows ``idx`` of ``w`` as float32 (an embedding lookup); plain arrays are indexed."""
+    if not is_quantized(w):
+        return w[idx]
+    return dequantize(w.rows(lambda a: a[idx]))
+
+
+def quantize_activations(x: jax.Array) -> jax.Array:
+    """``x [..., K]`` rounded the way the dot-product kernels quantize activations (int8 per
+    block of 32, scale ``max|x| / 127``), returned dequantized (float32)."""
+    blocks = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, qf.BLOCK)
+    d = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True) / jnp.float32(127)
+    inv = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
+    return (jnp.round(blocks * inv) * d).reshape(x.shape)
+
+
+def _flat(w: QArray) -> QArray:
+    return w.reshape_rows(-1)
+
+
+def _call(target: str, x2, w: QArray, out_cols: int):
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x2.shape[0], out_cols), jnp.float32))
+    return call(x2, w.q, w.scales, bits=np.int32(qf.BITS[w.kind]))
+
+
+def _native_or(native, fallback):
+    """``native()`` on the CPU where the kernels are built; ``fallback()`` otherwise."""
+    if not native_available():
+        return fallback()
+    return jax.lax.platform_dependent(cpu=native, default=fallback)
+
+
+def qdot(x: jax.Array, w: QArray) -> jax.Array:
+    """``x [..., K] . w[N, K]^T -> [..., N]`` float32 (``w``'s leading axes are flattened
+    into ``N``), activations quantized per block as llama.cpp does."""
+    k = w.shape[-1]
+    if x.shape[-1] != k:
+        raise ConfigError(f"qdot: x has {x.shape[-1]} features, the weights' rows {k}")
+    flat = _flat(w)
+    n = flat.scales.shape[0]
+    x2 = x.reshape(-1, k).astype(jnp.float32)
+
+    def native():
+        return _call("pi2lab_qdot", x2, flat, n)
+
+    def fallback():
+        return jnp.einsum("tk,nk->tn", quantize_activations(x2), dequantize(flat))
+
+    return _native_or(native, fallback).reshape(*x.shape[:-1], n)
+
+
+def qaxpy(x: jax.Array, w: QArray) -> jax.Array:
+    """``x [..., N] . w[N, K] -> [..., K]`` float32 (``w``'s leading axes flattened into
+    ``N``), activations in float32; rows whose ``x`` is zero are not read."""
+    flat = _flat(w)
+    n, k = flat.scales.shape[0], w.shape[-1]
+    if x.shape[-1] != n:
+        raise ConfigError(f"qaxpy: x has {x.shape[-1]} entries, the weights {n} rows")
+    x2 = x.reshape(-1, n).astype(jnp.float32)
+
+    def native():
+        return _call("pi2lab_qaxpy", x2, flat, k)
+
+    def fallback():
+        return x2 @ dequantize(flat)
+
+    return _native_or(native, fallback).reshape(*x.shape[:-1], k)
