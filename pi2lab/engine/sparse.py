@@ -22,7 +22,7 @@ from pi2lab.kernels.predictor import scores
 from pi2lab.kernels.sparse_ffn import Impl, cluster_activity, sparse_ffn, sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.kv_cache import KVCache
-from pi2lab.model.layers import ffn_activation, moe_routing
+from pi2lab.model.layers import ffn_activation, moe_routing, rows_in
 from pi2lab.model.params import FFN_KEYS
 from pi2lab.model.transformer import forward
 
@@ -30,13 +30,18 @@ from pi2lab.model.transformer import forward
 def _active_clusters(cfg, lp, p, resid, x, pred, threshold, expert):
     if pred is None:  # oracle: the true activations of the cold neurons
 
-        def cold(k):  # [NC, C, D] -> [F - hot, D]
-            w = p[f"cold_{k}"]
-            w = w if expert is None else jax.lax.dynamic_index_in_dim(w, expert, 0, False)
-            return w.reshape(-1, w.shape[-1])
+        def cold(k):  # [NC, C, D] -> [F - hot, D] (quantized: both arrays alike)
+            def rows(a):
+                a = a if expert is None else jax.lax.dynamic_index_in_dim(a, expert, 0, False)
+                return a.reshape(-1, a.shape[-1])
+
+            return jax.tree.map(rows, p[f"cold_{k}"])
 
         act = ffn_activation(
-            cold("gate") @ x, cold("up") @ x, cfg.ffn_activation, cfg.activation_threshold
+            rows_in(x, cold("gate")),
+            rows_in(x, cold("up")),
+            cfg.ffn_activation,
+            cfg.activation_threshold,
         )
         active = jnp.concatenate([jnp.ones(lp.hot, bool), act != 0])
     else:

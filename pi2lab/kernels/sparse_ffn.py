@@ -9,7 +9,8 @@ inside the step (XLA:CPU copies such slices before a dot).
 Two formulations compute the same thing (``impl``):
   * ``"native"``: one XLA FFI call per FFN (:mod:`pi2lab.ffi`) that reads the hot
     block and the active clusters in place on all cores and skips the down row of every
-    neuron whose activation is zero. CPU only, float32.
+    neuron whose activation is zero. CPU only; float32 or quantized weights (int8/int4,
+    :mod:`pi2lab.quant`).
   * ``"loop"``: pure JAX, a loop over the active clusters reading each ``[C, D]`` in place;
     XLA runs it on one core. Used on other backends and where the native kernels are absent.
 ``"auto"`` picks native where it can run.
@@ -32,8 +33,10 @@ from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
 from pi2lab.ffi import native_available
 from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
-from pi2lab.model.layers import ffn_activation, ffn_blocks
+from pi2lab.model.layers import ffn_activation, ffn_blocks, rows_in, rows_out
 from pi2lab.model.params import split_ffn
+from pi2lab.quant.format import BITS
+from pi2lab.quant.ops import is_quantized
 
 Impl = Literal["auto", "native", "loop"]
 _KINDS = {"silu": 0, "relu": 1, "drelu": 2, "fatrelu": 3}
@@ -53,19 +56,19 @@ def cluster_activity(active: jax.Array, plan: ClusterPlan) -> jax.Array:
     return cold.reshape(-1, plan.cluster_size).any(axis=-1)
 
 
-def _expert(w: jax.Array, expert: jax.Array | None, lead: int) -> jax.Array:
+def _expert(w, expert: jax.Array | None, lead: int):
     """``w`` itself, or expert ``expert`` of ``w [E, ...]`` (``lead`` = rank without E)."""
     if expert is None or w.ndim == lead:
         return w
-    return jax.lax.dynamic_index_in_dim(w, expert, 0, keepdims=False)
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, expert, 0, keepdims=False), w)
 
 
 def _hot(x, p, kind, threshold, expert):
     g, u, d = (_expert(p[f"hot_{k}"], expert, 2) for k in ("gate", "up", "down"))
     if g.shape[0] == 0:
         return jnp.zeros(x.shape[-1], jnp.float32)
-    h = ffn_activation(jnp.einsum("hd,d->h", g, x), jnp.einsum("hd,d->h", u, x), kind, threshold)
-    return jnp.einsum("h,hd->d", h, d).astype(jnp.float32)
+    h = ffn_activation(rows_in(x, g), rows_in(x, u), kind, threshold)
+    return rows_out(h, d).astype(jnp.float32)
 
 
 def _loop(x, p, idx, count, kind, threshold, expert):
@@ -74,9 +77,10 @@ def _loop(x, p, idx, count, kind, threshold, expert):
 
     def body(i, acc):
         j = idx[i]
-        rows = (lambda w: w[j]) if expert is None else (lambda w: w[expert, j])  # [C, D]
-        h = ffn_activation(rows(cg) @ x, rows(cu) @ x, kind, threshold)
-        return acc + (h @ rows(cd)).astype(jnp.float32)
+        at = (j,) if expert is None else (expert, j)
+        rows = lambda w: jax.tree.map(lambda a: a[at], w)  # [C, D]
+        h = ffn_activation(rows_in(x, rows(cg)), rows_in(x, rows(cu)), kind, threshold)
+        return acc + rows_out(h, rows(cd)).astype(jnp.float32)
 
     hot = _hot(x, p, kind, threshold, expert)
     return hot if idx.size == 0 else jax.lax.fori_loop(0, count, body, hot)
@@ -85,26 +89,33 @@ def _loop(x, p, idx, count, kind, threshold, expert):
 def _native(x, p, active_clusters, kind, threshold, expert):
     """The whole FFN in one FFI call (see ``pi2lab/kernels/native/sparse_ffn.cc``); it reads
     the cluster mask itself, so it needs no index buffer and has no capacity."""
-    call = jax.ffi.ffi_call("pi2lab_sparse_ffn_f32", jax.ShapeDtypeStruct(x.shape, jnp.float32))
     weights = [p[f"{part}_{k}"] for part in ("hot", "cold") for k in ("gate", "up", "down")]
-    return call(
+    args = [
         x.astype(jnp.float32),
         jnp.int32(0) if expert is None else expert.astype(jnp.int32),
         active_clusters.astype(bool),
-        *weights,
-        kind=np.int32(_KINDS[kind]),
-        threshold=np.float32(threshold),
-    )
+    ]
+    attrs = {"kind": np.int32(_KINDS[kind]), "threshold": np.float32(threshold)}
+    target = "pi2lab_sparse_ffn_f32"
+    if is_quantized(weights[0]):  # q and scales of each, and how many bits
+        target, attrs["bits"] = "pi2lab_qsparse_ffn", np.int32(BITS[weights[0].kind])
+        weights = [a for w in weights for a in (w.q, w.scales)]
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    return call(*args, *weights, **attrs)
 
 
 def resolve_impl(impl: Impl, p: dict) -> Literal["native", "loop"]:
     """The formulation ``impl`` names for layer weights ``p``: ``auto`` is native where the
-    extension is built and the weights are float32 (the loop otherwise)."""
-    f32 = all(v.dtype == jnp.float32 for k, v in p.items() if k.startswith(("hot_", "cold_")))
+    extension is built and the weights are float32 or quantized (the loop otherwise)."""
+    f32 = all(
+        is_quantized(v) or v.dtype == jnp.float32
+        for k, v in p.items()
+        if k.startswith(("hot_", "cold_"))
+    )
     if impl == "native" and not (native_available() and f32):
         raise ConfigError(
-            "impl='native': the native kernels are not built or the weights are not float32; "
-            "expected impl='auto' or 'loop' (see `pi2lab info --kernels`)"
+            "impl='native': the native kernels are not built or the weights are neither "
+            "float32 nor quantized; expected impl='auto' or 'loop' (see `pi2lab info --kernels`)"
         )
     if impl == "auto":
         return "native" if native_available() and f32 else "loop"
@@ -177,6 +188,7 @@ def sparse_ffn_reference(
     for block in ffn_blocks(p):
         gate, up, down = (_expert(w, expert, 2) for w in block)
         n = gate.shape[0]
-        h = ffn_activation(gate @ x, up @ x, kind, threshold) * mask[start : start + n]
-        out, start = out + (h @ down).astype(jnp.float32), start + n
+        h = ffn_activation(rows_in(x, gate), rows_in(x, up), kind, threshold)
+        h = h * mask[start : start + n]
+        out, start = out + rows_out(h, down).astype(jnp.float32), start + n
     return out

@@ -111,12 +111,19 @@ def sparsify(
     )
 
 
-def load_sparse(path_or_name, *, threshold: float = 0.0, cluster_size: int | None = None):
+def load_sparse(
+    path_or_name,
+    *,
+    threshold: float = 0.0,
+    cluster_size: int | None = None,
+    weights: str | None = None,
+):
     """A model saved by :meth:`Sparsified.save`, its FFN in the sparse layout, and its
     :class:`SparseDecoder`. ``cluster_size`` replaces the saved plan's (the predictors are
-    per neuron, so any size works; 1 computes exactly the predicted neurons)."""
+    per neuron, so any size works; 1 computes exactly the predicted neurons). ``weights``
+    quantizes at load (see :func:`~pi2lab.model.pretrained.load_pretrained`)."""
     path = resolve(path_or_name)
-    model = load_pretrained(path)
+    model = load_pretrained(path, weights=weights)
     predictors = Predictors.load(path, model.config)
     plan = SparsePlan.from_json(predictors.report["plan"])
     plan.check(model.config)
@@ -136,18 +143,21 @@ def load_for_engine(
     *,
     threshold: float = 0.0,
     cluster_size: int | None = None,
+    weights: str | None = None,
 ):
     """The model, and for the sparse engine its :class:`SparseDecoder`: the trained predictors
     when the model directory has them (see :func:`load_sparse`), else the oracle (exact, no
     speed-up; its ``predictors`` is None and ``cluster_size`` is not used). For ``dense`` the
-    decoder is None."""
+    decoder is None. ``weights`` quantizes at load (``"int8"``, ``"int4"``)."""
     if engine not in ("dense", "sparse"):
         raise ConfigError(f"engine={engine!r}: expected 'dense' or 'sparse'")
     if engine == "dense":
-        return load_pretrained(path_or_name), None
+        return load_pretrained(path_or_name, weights=weights), None
     if (resolve(path_or_name) / PREDICTORS_FILE).is_file():
-        return load_sparse(path_or_name, threshold=threshold, cluster_size=cluster_size)
-    model = load_pretrained(path_or_name)
+        return load_sparse(
+            path_or_name, threshold=threshold, cluster_size=cluster_size, weights=weights
+        )
+    model = load_pretrained(path_or_name, weights=weights)
     return model, SparseDecoder.oracle(model.config)
 
 

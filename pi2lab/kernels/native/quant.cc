@@ -514,9 +514,11 @@ class Accumulator {
 // Below this many weight bytes per call, threads cost more than they save.
 constexpr int64_t kMinBytesPerShare = 1 << 18;
 
+// How many shares to split `bytes` of weights into: at most the pool's size and `most` (the
+// units there are to split), at least one.
 int Shares(int64_t bytes, int64_t most) {
-  return static_cast<int>(
-      std::clamp<int64_t>(bytes / kMinBytesPerShare, 1, std::min<int64_t>(GlobalPool().size(), most)));
+  const int64_t cap = std::max<int64_t>(std::min<int64_t>(GlobalPool().size(), most), 1);
+  return static_cast<int>(std::clamp<int64_t>(bytes / kMinBytesPerShare, 1, cap));
 }
 
 // Checks a quantized operand: q holds n rows of k weights at `bits`, scales [.., n, k/32] f16.
