@@ -1,4 +1,5 @@
-"""Fidelity of sparse decode against dense: perplexity and greedy-token agreement.
+"""Fidelity of sparse decode against dense, and of quantized weights against float ones:
+perplexity and greedy-token agreement.
 
 Both are teacher-forced over held-out text: each sequence is prefilled with its first token,
 then fed one token at a time through the sparse decode step; the dense reference is the dense
@@ -98,6 +99,33 @@ def fidelity(
             }
         )
     return rows
+
+
+def quantization_fidelity(model, quantized: dict, sequences: list[np.ndarray]) -> dict:
+    """Per quantized copy of ``model`` (``{"int8": model_int8, ...}``): teacher-forced dense
+    perplexity against the float model's, and greedy agreement.
+
+    Raises:
+      ConfigError: no sequences, or one shorter than 2 tokens.
+    """
+    if not sequences or any(np.size(s) < 2 for s in sequences):
+        raise ConfigError("expected at least one sequence of 2 tokens or more")
+
+    def scores(m):
+        logits = [np.asarray(dense_logits(m, seq))[:-1] for seq in sequences]
+        nll = np.concatenate([_nll(lg, s[1:]) for lg, s in zip(logits, sequences, strict=True)])
+        return float(np.exp(nll.mean())), np.concatenate([lg.argmax(-1) for lg in logits])
+
+    ppl, greedy = scores(model)
+    out = {"perplexity_float": ppl, "tokens": int(sum(np.size(s) - 1 for s in sequences))}
+    for name, m in quantized.items():
+        q_ppl, q_greedy = scores(m)
+        out[name] = {
+            "perplexity": q_ppl,
+            "perplexity_increase": q_ppl / ppl - 1,
+            "greedy_agreement": float(np.mean(q_greedy == greedy)),
+        }
+    return out
 
 
 def format_fidelity(rows: list[dict]) -> str:
