@@ -48,6 +48,8 @@ def format_table(result: dict) -> str:
             lines += _offload_lines(name, row)
         elif isinstance(row, dict) and "plans" in row:
             lines += _planner_lines(name, row)
+        elif name == "kernels":
+            lines += _kernel_lines(row)
     return "\n".join(lines)
 
 
@@ -59,6 +61,16 @@ def _peer_lines(name: str, row: dict) -> list[str]:
             f" MB/token  {r['implied_gb_per_s']:>5.1f} GB/s  (runs: {r['runs']})"
         )
     lines += [f"    {k}: {v}x" for k, v in row["ratios"].items()]
+    return lines
+
+
+def _kernel_lines(row: dict) -> list[str]:
+    lines = [f"  kernels on a {row['matrix']} matrix (GB/s of weights):"]
+    for name, r in row.items():
+        if isinstance(r, dict):
+            lines.append(f"    {name:<16} {r['ms']:>7.2f} ms  {r['gb_per_s']:>5.1f} GB/s")
+        elif name != "matrix":
+            lines.append(f"    {name}: {r} GB/s")
     return lines
 
 

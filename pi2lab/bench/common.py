@@ -39,7 +39,9 @@ def dense_step(params: dict, cfg: ModelConfig):
 
 def decode_rate(step, params: dict, cfg: ModelConfig, steps: int, prompt_len: int = 16) -> float:
     """Tokens/s of ``steps`` calls of ``step(i, cache, token, pos)`` after a dense prefill."""
-    cache = KVCache.zeros(cfg, bucket(prompt_len + steps + 1, 128), dtype=params["embed"].dtype)
+    cache = KVCache.zeros(
+        cfg, bucket(prompt_len + steps + 1, 128), dtype=params["final_norm"].dtype
+    )
     prompt = np.arange(1, prompt_len + 1, dtype=np.int32) % cfg.vocab_size
     logits, cache = prefill(
         params, cfg, pad(prompt, bucket(prompt_len)), jnp.int32(prompt_len), cache

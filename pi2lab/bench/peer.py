@@ -1,11 +1,13 @@
 """``pi2lab bench peer``: llama.cpp on the same weights as pi2lab, in the same run.
 
 Each model is written once as an F32 GGUF (:func:`pi2lab.model.gguf.write_gguf`), quantized by
-llama.cpp's own quantizer to F16, Q8_0 and Q4_0, and decoded greedily by llama.cpp (through
-llama-cpp-python, as many threads as this process has cores) interleaved with pi2lab's dense
-decode and its sparse decode (native kernel, one-neuron clusters, 10% of neurons firing in
-co-activated groups replayed as masks) on the same f32 weights. What the engines share: the
-weights and the shapes. What they do not: llama.cpp's ``llama`` graph computes SiLU(gate)·up,
+llama.cpp's own quantizer to F16, Q8_0 and Q4_0 (every matrix in that type, ``pure``: no Q6_K
+LM head), and decoded greedily by llama.cpp (through llama-cpp-python, as many threads as this
+process has cores) interleaved with pi2lab's dense decode and its sparse decode (native
+kernel, one-neuron clusters, 10% of neurons firing in co-activated groups replayed as masks)
+on the same weights: f32, and quantized by pi2lab to int8 and int4 (the Q8_0 and Q4_0 block
+formats, :mod:`pi2lab.quant.format`). What the engines share: the weights and the shapes.
+What they do not: llama.cpp's ``llama`` graph computes SiLU(gate)·up,
 so rows on dReLU shapes are speed-only (said in the row), and pi2lab's sparse rows replay
 masks rather than predict them (the predictor is timed in ``pi2lab bench sparse``).
 
@@ -34,8 +36,11 @@ from pi2lab.errors import MissingExtraError
 from pi2lab.kernels.sparse_ffn import sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.gguf import gguf_module, write_gguf
-from pi2lab.model.params import init_params
+from pi2lab.model.params import init_params, quantize_params
 from pi2lab.model.pretrained import load_config, resolve
+from pi2lab.plan.measure import median_seconds, memory_gbs
+from pi2lab.quant import ops
+from pi2lab.quant.format import KINDS
 
 QUANTS = ("F16", "Q8_0", "Q4_0")
 
@@ -65,6 +70,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, kind: str) -> str:
     ftype["Q4_0"] = "LLAMA_FTYPE_MOSTLY_Q4_0"
     qp = llama_cpp.llama_model_quantize_default_params()
     qp.ftype = getattr(llama_cpp, ftype[kind])
+    qp.pure = True  # every matrix in `kind`, as pi2lab's int8/int4 models have them
     qp.nthread = threads()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), qp)
     if rc != 0:
@@ -117,15 +123,18 @@ def gguf_weight_bytes(path: str | os.PathLike, tied: bool) -> int:
     return total
 
 
-def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0):
+def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0, weights: str | None = None):
     """pi2lab sparse decode (one-neuron clusters) on 10% co-activated masks, replayed; the
-    sparse-layout params it reads (dense decode reads them too) and the bytes per token."""
+    sparse-layout params it reads (dense decode reads them too) and the bytes per token.
+    ``weights`` quantizes the sparse layout (``"int8"``, ``"int4"``)."""
     neurons = synthetic_masks("coactivated", cfg.intermediate_size, 0.1, 1024 + steps, seed)
     freq = neurons[:1024].mean(0)
     plan = SparsePlan.from_frequency(
         np.broadcast_to(freq, (cfg.num_layers, freq.size)), cluster_size=1
     )
     params = sparse_layout(params, plan)
+    if weights is not None:
+        params = quantize_params(params, weights)
     hot = plan.layers[0].hot
     masks = [jnp.asarray(m[hot:]) for m in neurons[1024:]]
     key, knobs, thr = jax.random.key(0), SamplingKnobs.make(), jnp.float32(0)
@@ -137,7 +146,13 @@ def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0):
         )
         return token, cache
 
-    ffn = 3 * cfg.hidden_size * 4 * cfg.num_layers * cfg.intermediate_size
+    ffn = sum(  # the FFN's bytes (quantized: weights and scales)
+        a.nbytes
+        for p in params["layers"]
+        for k, w in p.items()
+        if k.startswith(("hot_", "cold_"))
+        for a in jax.tree.leaves(w)
+    )
     computed = (hot + np.mean([m[hot:].sum() for m in neurons[1024:]])) / cfg.intermediate_size
     sparse_bytes = decode_weight_bytes(params, cfg) - ffn * (1 - computed)
     return params, step, sparse_bytes
@@ -146,14 +161,14 @@ def _sparse_rate(params, cfg: ModelConfig, steps: int, seed: int = 0):
 def bench_model(
     name: str, cfg: ModelConfig, steps: int, repeats: int, workdir: str, seed: int = 0
 ) -> dict:
-    """One model: llama.cpp F32/F16/Q8_0/Q4_0 and pi2lab dense/sparse f32, interleaved."""
+    """One model: llama.cpp F32/F16/Q8_0/Q4_0 and pi2lab dense/sparse in f32, int8 and int4,
+    interleaved."""
     params = init_params(cfg, jax.random.key(seed))
     speed_only = cfg.ffn_activation != "silu"
     f32 = write_gguf(params, cfg, os.path.join(workdir, f"{name}-F32.gguf"), speed_only=speed_only)
     files = {"F32": str(f32)}
     for kind in QUANTS:
         files[kind] = quantize(f32, os.path.join(workdir, f"{name}-{kind}.gguf"), kind)
-    params, sparse_step, sparse_bytes = _sparse_rate(params, cfg, steps, seed)
     runs = {}
     for kind, path in files.items():
         llm = open_llama(path)
@@ -161,15 +176,18 @@ def bench_model(
             lambda llm=llm: llama_rate(llm, steps, vocab=cfg.vocab_size),
             gguf_weight_bytes(path, cfg.tie_word_embeddings),
         )
-    dense_bytes = decode_weight_bytes(params, cfg)
-    runs["pi2lab dense f32"] = (
-        lambda: decode_rate(dense_step(params, cfg), params, cfg, steps),
-        dense_bytes,
-    )
-    runs["pi2lab sparse f32 (10%)"] = (
-        lambda: decode_rate(sparse_step, params, cfg, steps),
-        sparse_bytes,
-    )
+    for weights in (None, "int8", "int4"):
+        tag = weights or "f32"
+        sparse, sparse_step, sparse_bytes = _sparse_rate(params, cfg, steps, seed, weights)
+        dense = quantize_params(params, weights) if weights else sparse  # f32: the same arrays
+        runs[f"pi2lab dense {tag}"] = (
+            lambda p=dense: decode_rate(dense_step(p, cfg), p, cfg, steps),
+            decode_weight_bytes(dense, cfg),
+        )
+        runs[f"pi2lab sparse {tag} (10%)"] = (
+            lambda p=sparse, step=sparse_step: decode_rate(step, p, cfg, steps),
+            sparse_bytes,
+        )
     rates = _interleaved({k: fn for k, (fn, _) in runs.items()}, repeats)
     engines = {}
     for k, (_, nbytes) in runs.items():
@@ -180,7 +198,6 @@ def bench_model(
             "weight_mb_per_token": round(nbytes / 1e6, 1),
             "implied_gb_per_s": round(nbytes * tps / 1e9, 1),
         }
-    f32_rate = engines["llama.cpp F32"]["tokens_per_s"]
     return {
         "model": name,
         "shape": f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, FFN "
@@ -192,23 +209,50 @@ def bench_model(
             else "same model in both engines (logits agree, tests/bench/test_peer.py)"
         ),
         "engines": engines,
-        "ratios": {
-            "pi2lab dense / llama.cpp F32": round(
-                engines["pi2lab dense f32"]["tokens_per_s"] / f32_rate, 3
-            ),
-            "pi2lab sparse / llama.cpp F32": round(
-                engines["pi2lab sparse f32 (10%)"]["tokens_per_s"] / f32_rate, 3
-            ),
-            **{
-                f"pi2lab sparse / llama.cpp {q}": round(
-                    engines["pi2lab sparse f32 (10%)"]["tokens_per_s"]
-                    / engines[f"llama.cpp {q}"]["tokens_per_s"],
-                    3,
-                )
-                for q in QUANTS
-            },
-        },
+        "ratios": _ratios(engines),
     }
+
+
+# (pi2lab engine, llama.cpp engine) pairs whose speed ratio each model's row reports
+RATIOS = [
+    ("pi2lab dense f32", "llama.cpp F32"),
+    ("pi2lab dense int8", "llama.cpp Q8_0"),
+    ("pi2lab dense int4", "llama.cpp Q4_0"),
+    ("pi2lab sparse f32 (10%)", "llama.cpp F32"),
+    ("pi2lab sparse int8 (10%)", "llama.cpp Q8_0"),
+    ("pi2lab sparse int4 (10%)", "llama.cpp Q4_0"),
+]
+
+
+def _ratios(engines: dict) -> dict:
+    rate = lambda k: engines[k]["tokens_per_s"]
+    return {f"{a} / {b}": round(rate(a) / rate(b), 3) for a, b in RATIOS}
+
+
+def kernel_bandwidth(quick: bool = False, runs: int = 7) -> dict:
+    """GB/s of weights each product streams on one ``[14336, 4096]`` matrix (quick: 2048
+    rows), beside this machine's memory bandwidth (a one-thread NumPy sum): XLA's f32
+    matrix-vector product, and the native int8/int4 kernels in both forms."""
+    rows, d = (2048 if quick else 14336), 4096
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((rows, d), dtype=np.float32) * 0.02
+    x, a = jnp.asarray(rng.standard_normal(d, dtype=np.float32)), jnp.asarray(w[:, 0] * 50)
+    f32 = jnp.asarray(w)
+    products = {"f32 dot (XLA)": (jax.jit(lambda x, w: jnp.einsum("fd,d->f", w, x)), x, f32)}
+    for kind in KINDS:
+        q = ops.quantize(w, kind)
+        products[f"{kind} dot"] = (jax.jit(ops.qdot), x, q)
+        products[f"{kind} axpy"] = (jax.jit(ops.qaxpy), a, q)
+    out = {
+        "matrix": f"[{rows}, {d}]",
+        "memory_gbs (numpy sum, 1 thread)": memory_gbs(rows * d * 4, runs),
+    }
+    for name, (fn, v, m) in products.items():
+        fn(v, m).block_until_ready()
+        seconds = median_seconds(lambda fn=fn, v=v, m=m: fn(v, m).block_until_ready(), runs)
+        nbytes = m.nbytes
+        out[name] = {"ms": round(seconds * 1e3, 2), "gb_per_s": round(nbytes / seconds / 1e9, 1)}
+    return out
 
 
 def bench_peer(*, quick: bool = False, steps: int | None = None, layers: int | None = None) -> dict:
@@ -227,6 +271,7 @@ def bench_peer(*, quick: bool = False, steps: int | None = None, layers: int | N
         "bundled-shape": bundled,
     }
     out = {"bench": "peer", "machine": machine(), "threads": threads()}
+    out["kernels"] = kernel_bandwidth(quick)
     for name, cfg in models.items():
         with tempfile.TemporaryDirectory(prefix="pi2lab-peer-") as workdir:
             out[name.replace("-", "_")] = bench_model(name, cfg, steps, repeats, workdir)

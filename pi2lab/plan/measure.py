@@ -62,7 +62,7 @@ def measure(
     sources = {}
 
     mem_bytes = (64 if quick else 512) * _MiB
-    memory_gbs = _memory_gbs(mem_bytes, runs)
+    memory = memory_gbs(mem_bytes, runs)
     sources["memory_gbs"] = (
         f"{tag}: NumPy sum of a {mem_bytes // _MiB} MiB float32 array, one thread, median of {runs}"
     )
@@ -126,7 +126,7 @@ def measure(
         description=_describe(),
         cpu_threads=os.cpu_count() or 1,
         ram_bytes=ram_bytes,
-        memory_gbs=memory_gbs,
+        memory_gbs=memory,
         dense_gbs=dense_gbs,
         sparse_gbs=sparse_gbs,
         storage=tuple(
@@ -138,7 +138,7 @@ def measure(
     )
 
 
-def _median_seconds(fn, runs: int) -> float:
+def median_seconds(fn, runs: int) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -147,10 +147,11 @@ def _median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def _memory_gbs(nbytes: int, runs: int) -> float:
+def memory_gbs(nbytes: int, runs: int) -> float:
+    """GB/s of a one-thread NumPy sum over ``nbytes`` of float32 (median of ``runs``)."""
     a = np.ones(nbytes // 4, np.float32)
     a.sum()  # fault the pages in before timing
-    return round(nbytes / _median_seconds(a.sum, runs) / 1e9, 2)
+    return round(nbytes / median_seconds(a.sum, runs) / 1e9, 2)
 
 
 def _dense_gbs(nbytes: int, runs: int) -> float:
@@ -160,7 +161,7 @@ def _dense_gbs(nbytes: int, runs: int) -> float:
     x = jax.random.normal(kx, (_BUNDLE_D,), jnp.float32)  # [D]
     matvec = jax.jit(lambda w, x: jnp.einsum("fd,d->f", w, x))
     matvec(w, x).block_until_ready()  # compile
-    seconds = _median_seconds(lambda: matvec(w, x).block_until_ready(), runs)
+    seconds = median_seconds(lambda: matvec(w, x).block_until_ready(), runs)
     return round(w.nbytes / seconds / 1e9, 2)
 
 
@@ -188,7 +189,7 @@ def _sparse_gbs(nbytes: int, runs: int) -> tuple[float, int]:
     with threadpoolctl.threadpool_limits(1, "blas"):
         ffn(picks[-1])  # warm
         it = iter(picks)
-        seconds = _median_seconds(lambda: ffn(next(it)), runs)
+        seconds = median_seconds(lambda: ffn(next(it)), runs)
     return round(buf.nbytes / seconds / 1e9, 2), buf.nbytes
 
 
@@ -223,7 +224,7 @@ def _sequential_mbs(path: Path, max_bytes: int, passes: int) -> tuple[float, boo
     # one thread takes the reads in submit order; 1 MiB requests are never merged
     requests = [ReadRequest(0, i * _MiB, _MiB, dest) for i in range(reads)]
     with IOEngine([path], threads=1) as io:
-        seconds = _median_seconds(lambda: io.read(requests), passes)
+        seconds = median_seconds(lambda: io.read(requests), passes)
         direct = io.direct
     note = f"{reads} MiB per pass, median of {passes} passes"
     return round(reads * _MiB / seconds / 1e6, 1), direct, note
