@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -20,7 +21,32 @@ namespace pi2lab {
 
 enum Kind : int32_t { kSilu = 0, kRelu = 1, kDrelu = 2, kFatrelu = 3 };
 
+// Waits a moment without giving up the core.
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until ready() or `micros` pass; returns ready().
+template <class Ready>
+bool SpinFor(Ready ready, int micros) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    if (i % 64 == 63 && std::chrono::steady_clock::now() > until) return ready();
+    Pause();
+  }
+}
+
 // A fixed pool: the calling thread runs share 0, workers shares 1..n-1.
+//
+// Decode calls the kernels back to back, a few hundred microseconds apart or less, and waking
+// a sleeping thread took ~0.1 ms here, as long as a small product itself. So a worker spins for
+// a while after each job (and the caller while it waits for the others) before sleeping on a
+// condition variable.
 class Pool {
  public:
   explicit Pool(int n) : n_(std::max(n, 1)) {
@@ -30,7 +56,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
-      ++generation_;
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -43,35 +69,43 @@ class Pool {
       fn(0);
       return;
     }
-    {
+    job_ = &fn;
+    shares_ = shares;
+    // every worker acknowledges every job (those past `shares` without running it), so none
+    // can still be reading job_ and shares_ when the next Run writes them
+    pending_.store(n_ - 1);
+    generation_.fetch_add(1);  // publishes the job (sequentially consistent, see Loop)
+    if (sleeping_.load() > 0) {
       std::lock_guard<std::mutex> lock(mu_);
-      job_ = &fn;
-      shares_ = shares;
-      pending_ = shares - 1;
-      ++generation_;
+      wake_.notify_all();
     }
-    wake_.notify_all();
     fn(0);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    if (!SpinFor([this] { return pending_.load() == 0; }, kSpinMicros)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_.wait(lock, [this] { return pending_.load() == 0; });
+    }
   }
 
  private:
+  static constexpr int kSpinMicros = 200;
+
   void Loop(int i) {
     uint64_t seen = 0;
     for (;;) {
-      const std::function<void(int)>* job;
-      {
+      if (!SpinFor([&] { return generation_.load() != seen; }, kSpinMicros)) {
         std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        if (stop_) return;
-        if (i >= shares_) continue;
-        job = job_;
+        // either Run sees this count and notifies under the lock, or this sees its generation
+        sleeping_.fetch_add(1);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+        sleeping_.fetch_sub(1);
       }
-      (*job)(i);
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_.notify_one();
+      seen = generation_.load();
+      if (stop_) return;
+      if (i < shares_) (*job_)(i);
+      if (pending_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.notify_one();
+      }
     }
   }
 
@@ -80,8 +114,9 @@ class Pool {
   std::mutex mu_;
   std::condition_variable wake_, done_;
   const std::function<void(int)>* job_ = nullptr;
-  int shares_ = 0, pending_ = 0;
-  uint64_t generation_ = 0;
+  int shares_ = 0;
+  std::atomic<int> pending_{0}, sleeping_{0};
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
 };
 
