@@ -106,7 +106,9 @@ def rows_in(x: jax.Array, w: jax.Array | QArray) -> jax.Array:
 
 def rows_out(a: jax.Array, w: jax.Array | QArray) -> jax.Array:
     """``a [..., (E,) F] . w[(E,) F, D] -> [..., D]``: the rows of ``w`` weighted by ``a`` (the
-    down projection, stored one neuron per row)."""
+    down projection, one neuron per row; quantized and transposed, one output per row)."""
+    if is_quantized(w) and w.transposed:
+        return qdot(a, w).astype(a.dtype)
     if is_quantized(w):
         lead = a.shape[: a.ndim - (w.ndim - 1)]
         return qaxpy(a.reshape(*lead, -1), w).astype(a.dtype)

@@ -24,7 +24,7 @@ import numpy as np
 from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
 from pi2lab.quant.format import QuantKind, check_kind
-from pi2lab.quant.ops import is_quantized, quantize
+from pi2lab.quant.ops import is_quantized, quantize, untransposed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,10 +196,11 @@ def split_ffn(params: dict, hot: list[int], cluster_size: list[int]) -> dict:
             )
         rest = {k: v for k, v in p.items() if k not in FFN_KEYS}
         for k in FFN_KEYS:  # [..., F, D] (quantized: both of its arrays alike)
-            rest[f"hot_{k}"] = jax.tree.map(lambda a, h=h: a[..., :h, :], p[k])
+            w = untransposed(p[k]) if is_quantized(p[k]) else p[k]
+            rest[f"hot_{k}"] = jax.tree.map(lambda a, h=h: a[..., :h, :], w)
             rest[f"cold_{k}"] = jax.tree.map(
                 lambda a, h=h, c=c: a[..., h:, :].reshape(*a.shape[:-2], -1, c, a.shape[-1]),
-                p[k],
+                w,
             )
         layers.append(rest)
     return {**params, "layers": layers}
@@ -236,9 +237,12 @@ def quantize_params(params: dict, kind: str) -> dict:
     format of :mod:`pi2lab.quant.format`); norms and the MoE router stay float.
 
     Matrices are stored one output per row, quantized along the reduction axis: ``embed`` and
-    ``lm_head [V, D]``, ``q [H*K, D]``, ``k``/``v [G*K, D]``, ``o [D, H*K]``, and the FFN
-    neuron-major as before (``gate``/``up``/``down [(E,) F, D]``, or the sparse layout), so
-    that a sparse FFN reads whole rows. Already quantized params are returned as they are.
+    ``lm_head [V, D]``, ``q [H*K, D]``, ``k``/``v [G*K, D]``, ``o [D, H*K]``, ``gate``/``up
+    [(E,) F, D]``, and a dense FFN's ``down`` as ``[D, F]`` (``transposed``, read as dot
+    products like the others, as llama.cpp stores it). In the sparse layout, and for experts,
+    ``down`` stays one neuron per row (``[(E,) F, D]``) so that a sparse FFN reads whole rows;
+    quantize after :func:`split_ffn` (splitting a transposed ``down`` quantizes it again).
+    Already quantized params are returned as they are.
 
     Raises:
       ConfigError: an unknown ``kind``, params quantized to another kind, or a matrix whose
@@ -267,7 +271,9 @@ def quantize_params(params: dict, kind: str) -> dict:
             new[k] = q(p[k], f"layers.{i}.{k}", transpose_from=1)
         new["o"] = q(p["o"], f"layers.{i}.o", transpose_from=2)  # [H, K, D] -> [D, H*K]
         for k, w in p.items():
-            if k in FFN_KEYS or k.startswith(("hot_", "cold_")):
+            if k == "down" and w.ndim == 2:  # a dense FFN: [F, D] stored as [D, F]
+                new[k] = quantize(np.asarray(w, np.float32), kind, f"layers.{i}.{k}", True)
+            elif k in FFN_KEYS or k.startswith(("hot_", "cold_")):
                 new[k] = q(w, f"layers.{i}.{k}")
         layers.append(new)
     return {**out, "layers": layers}

@@ -4,10 +4,11 @@ A checkpoint directory holds ``config.json``, ``model.safetensors`` (or shards l
 ``model.safetensors.index.json``) and optionally ``tokenizer.json``.
 
 A quantized model (``weights="int8"`` or ``"int4"``) is saved with each matrix as two tensors,
-``<name>.q`` and ``<name>.scales``, in the block format of :mod:`pi2lab.quant.format` and the
-row layout of :func:`~pi2lab.model.params.quantize_params` (one output per row; the FFN's down
-projection one neuron per row, i.e. transposed from Hugging Face's ``down_proj``); norms and
-the router stay float. Such a checkpoint loads back without requantizing.
+``<name>.q`` and ``<name>.scales``: the rows of the Hugging Face tensor ``<name>``, in the
+block format of :mod:`pi2lab.quant.format`. A down projection stored one neuron per row (the
+sparse layout, experts; see :func:`~pi2lab.model.params.quantize_params`) is saved as the rows
+of its transpose, ``<name>.T.q`` and ``<name>.T.scales``. Norms and the router stay float.
+Such a checkpoint loads back without requantizing.
 """
 
 from __future__ import annotations
@@ -172,12 +173,12 @@ def _read_bf16(file: Path, name: str) -> np.ndarray:
     return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(info["shape"]).astype(np.float32)
 
 
-# The row layout of a quantized matrix, by the last part of its internal path.
+# The Hugging Face shape of a quantized matrix, by the last part of its internal path.
 def _quantized_rows(cfg: ModelConfig, name: str) -> tuple[int, int] | None:
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     h, g = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     rows = {"embed": (v, d), "lm_head": (v, d), "q": (h, d), "k": (g, d), "v": (g, d)}
-    rows |= {"o": (d, h), "gate": (f, d), "up": (f, d), "down": (f, d)}
+    rows |= {"o": (d, h), "gate": (f, d), "up": (f, d), "down": (d, f)}
     return rows.get(name)
 
 
@@ -228,6 +229,12 @@ class _Reader:
 
 
 def _read_quantized(reader: _Reader, name: str, rows: tuple[int, int], kind) -> QArray:
+    """``name``'s rows (``rows``: the Hugging Face shape), or for a down projection saved one
+    neuron per row, those of its transpose."""
+    is_down = name.endswith(("down_proj.weight", "w2.weight"))
+    neurons = is_down and reader.has(f"{name}.T.q")
+    if neurons:
+        name, rows = f"{name}.T", rows[::-1]
     n, k = rows
     q = reader.read(f"{name}.q", (n, qf.row_bytes(k, kind)), f"{kind} ")
     scales = reader.read(f"{name}.scales", (n, k // qf.BLOCK), "float16 scales of ")
@@ -237,7 +244,7 @@ def _read_quantized(reader: _Reader, name: str, rows: tuple[int, int], kind) -> 
             f"{reader.path}: tensor {name!r} is stored as {q.dtype} with {scales.dtype} scales; "
             f"expected {np.dtype(want).name} with float16 scales ({kind})"
         )
-    return QArray(q, scales, kind)
+    return QArray(q, scales, kind, transposed=is_down and not neurons)
 
 
 def load_pretrained(
@@ -320,9 +327,14 @@ def save_pretrained(
         tensors = {}
         for spec in tensor_specs(model.config):
             w = leaf(params, spec.path)
-            if is_quantized(w):  # the quantized row layout, q and scales
-                tensors[f"{spec.hf_name}.q"] = np.asarray(w.q)
-                tensors[f"{spec.hf_name}.scales"] = np.asarray(w.scales)
+            if is_quantized(w):  # q and scales of its rows (see the module's docstring)
+                name = (
+                    spec.hf_name
+                    if w.transposed or spec.path[2:3] != ("down",)
+                    else (f"{spec.hf_name}.T")
+                )
+                tensors[f"{name}.q"] = np.asarray(w.q)
+                tensors[f"{name}.scales"] = np.asarray(w.scales)
             else:
                 tensors[spec.hf_name] = spec.to_hf(np.asarray(w, np.float32)).astype(dtype)
         safetensors.numpy.save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})

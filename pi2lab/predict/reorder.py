@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pi2lab.quant.ops import is_quantized, untransposed
+
 
 def hot_first_order(counts: np.ndarray) -> np.ndarray:
     """Permutations that sort neurons by descending firing count (ties keep their index):
@@ -25,6 +27,7 @@ def permute_params(params: dict, perm: np.ndarray) -> dict:
     new_layers = []
     for p, order in zip(params["layers"], perm, strict=True):
         order = jnp.asarray(order)
+        p = {k: untransposed(w) if is_quantized(w) else w for k, w in p.items()}
         if order.ndim == 1:
             moved = {k: jax.tree.map(lambda a, o=order: a[o], p[k]) for k in ("gate", "up", "down")}
         else:  # [E, F]: a different order per expert

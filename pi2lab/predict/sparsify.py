@@ -18,6 +18,7 @@ import numpy as np
 from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.errors import ConfigError
 from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.model.params import quantize_params
 from pi2lab.model.pretrained import load_pretrained, resolve, save_pretrained
 from pi2lab.predict.placement import coactivation_orders
 from pi2lab.predict.predictor import (
@@ -28,6 +29,7 @@ from pi2lab.predict.predictor import (
     fit_predictors,
 )
 from pi2lab.predict.reorder import hot_first_order, permute_params
+from pi2lab.quant.format import check_kind
 
 Placement = Literal["frequency", "coactivation"]
 
@@ -121,9 +123,11 @@ def load_sparse(
     """A model saved by :meth:`Sparsified.save`, its FFN in the sparse layout, and its
     :class:`SparseDecoder`. ``cluster_size`` replaces the saved plan's (the predictors are
     per neuron, so any size works; 1 computes exactly the predicted neurons). ``weights``
-    quantizes at load (see :func:`~pi2lab.model.pretrained.load_pretrained`)."""
+    (``"int8"``, ``"int4"``) quantizes the sparse layout at load."""
+    if weights is not None:
+        check_kind(weights)
     path = resolve(path_or_name)
-    model = load_pretrained(path, weights=weights)
+    model = load_pretrained(path)
     predictors = Predictors.load(path, model.config)
     plan = SparsePlan.from_json(predictors.report["plan"])
     plan.check(model.config)
@@ -133,8 +137,16 @@ def load_sparse(
         plan = plan.with_cluster_size(cluster_size, model.config.intermediate_size)
     decoder = SparseDecoder(plan=plan, predictors=predictors.layers, threshold=threshold)
     # the FFN in the sparse layout once, replacing the whole matrices (dense reads it too)
-    model = dataclasses.replace(model, params=decoder.layout(model.params))
-    return model, decoder
+    return _in_layout(model, decoder, weights), decoder
+
+
+def _in_layout(model, decoder: SparseDecoder, weights: str | None):
+    """``model`` with its FFN in ``decoder``'s layout, then quantized to ``weights`` (the
+    sparse layout keeps a down projection one neuron per row)."""
+    params = decoder.layout(model.params)
+    if weights is not None:
+        params = quantize_params(params, weights)
+    return dataclasses.replace(model, params=params)
 
 
 def load_for_engine(
@@ -157,8 +169,9 @@ def load_for_engine(
         return load_sparse(
             path_or_name, threshold=threshold, cluster_size=cluster_size, weights=weights
         )
-    model = load_pretrained(path_or_name, weights=weights)
-    return model, SparseDecoder.oracle(model.config)
+    model = load_pretrained(path_or_name)
+    decoder = SparseDecoder.oracle(model.config)
+    return _in_layout(model, decoder, weights), decoder
 
 
 def report_table(predictors: Predictors, plan: SparsePlan) -> str:

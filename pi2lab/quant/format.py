@@ -57,7 +57,7 @@ def quantize(
     """``w [..., K]`` float -> ``(q, scales)`` in the block format of ``kind``."""
     check_kind(kind)
     check_tiles(w.shape, name)
-    blocks = np.asarray(w, np.float32).reshape(*w.shape[:-1], -1, BLOCK)
+    blocks = np.asarray(w, np.float32).reshape(*w.shape[:-1], w.shape[-1] // BLOCK, BLOCK)
     if kind == "int8":
         scale = np.abs(blocks).max(-1) / 127
     else:
@@ -71,15 +71,15 @@ def quantize(
         return q.reshape(w.shape), scales
     n = (np.clip(np.rint(blocks * inv), -8, 7) + 8).astype(np.uint8)  # [..., NB, 32]
     packed = n[..., :16] | (n[..., 16:] << 4)
-    return packed.reshape(*w.shape[:-1], -1), scales
+    return packed.reshape(*w.shape[:-1], w.shape[-1] // 2), scales
 
 
 def unpack_int4(q: np.ndarray) -> np.ndarray:
     """Packed int4 rows ``[..., K/2]`` uint8 -> signed weights ``[..., K]`` int8 (unscaled)."""
-    b = q.reshape(*q.shape[:-1], -1, BLOCK // 2)
+    b = q.reshape(*q.shape[:-1], q.shape[-1] // (BLOCK // 2), BLOCK // 2)
     lo = (b & 0x0F).astype(np.int8) - 8
     hi = (b >> 4).astype(np.int8) - 8
-    return np.concatenate([lo, hi], axis=-1).reshape(*q.shape[:-1], -1)
+    return np.concatenate([lo, hi], axis=-1).reshape(*q.shape[:-1], 2 * q.shape[-1])
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray, kind: QuantKind) -> np.ndarray:
@@ -91,14 +91,14 @@ def dequantize(q: np.ndarray, scales: np.ndarray, kind: QuantKind) -> np.ndarray
             f"quantized rows of {ints.shape[-1]} weights with scales for {k}; expected one "
             f"scale per {BLOCK} weights"
         )
-    w = ints.astype(np.float32).reshape(*ints.shape[:-1], -1, BLOCK)
+    w = ints.astype(np.float32).reshape(*ints.shape[:-1], k // BLOCK, BLOCK)
     return (w * scales.astype(np.float32)[..., None]).reshape(ints.shape)
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Activations ``x [..., K]`` as the dot-product kernels quantize them: int8 per block of
     32 with a float32 scale ``max|x| / 127`` (not rounded to float16), ``(q, scales)``."""
-    blocks = np.asarray(x, np.float32).reshape(*x.shape[:-1], -1, BLOCK)
+    blocks = np.asarray(x, np.float32).reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
     d = (np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32)
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)[..., None]
     q = np.rint(blocks * inv).astype(np.int8)

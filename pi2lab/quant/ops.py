@@ -30,17 +30,29 @@ from pi2lab.quant import format as qf
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QArray:
-    """A quantized matrix ``[..., N, K]``: ``q`` (int8 ``[..., N, K]`` or packed int4 uint8
-    ``[..., N, K/2]``) and ``scales`` (float16 ``[..., N, K/32]``). A pytree: tree maps over
-    its row axes (slicing, reshaping, permuting rows) apply to both arrays alike."""
+    """A quantized matrix: ``q`` (int8 ``[..., N, K]`` or packed int4 uint8 ``[..., N, K/2]``)
+    and ``scales`` (float16 ``[..., N, K/32]``), rows quantized along ``K``. A pytree: tree
+    maps over its row axes (slicing, reshaping, permuting rows) apply to both arrays alike.
+
+    ``transposed``: the stored rows are those of the transpose of the matrix it stands for
+    (``shape`` is that matrix's, ``[..., K, N]``). A dense FFN's down projection is stored so
+    (one output per row, read by :func:`qdot`), a sparse one is not (one neuron per row, read
+    by :func:`qaxpy`); :func:`untransposed` turns the one into the other."""
 
     q: jax.Array
     scales: jax.Array
     kind: qf.QuantKind = dataclasses.field(metadata={"static": True})
+    transposed: bool = dataclasses.field(default=False, metadata={"static": True})
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """``[..., N, K]``: the rows as stored."""
+        return (*self.scales.shape[:-1], self.scales.shape[-1] * qf.BLOCK)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (*self.scales.shape[:-1], self.scales.shape[-1] * qf.BLOCK)
+        s = self.stored_shape
+        return (*s[:-2], s[-1], s[-2]) if self.transposed else s
 
     @property
     def ndim(self) -> int:
@@ -51,43 +63,52 @@ class QArray:
         return int(self.q.size * self.q.dtype.itemsize + self.scales.size * 2)
 
     def rows(self, fn) -> QArray:
-        """``fn`` applied to both arrays' leading (row) axes, e.g. a slice or a gather."""
-        return QArray(fn(self.q), fn(self.scales), self.kind)
+        """``fn`` applied to both arrays' leading (stored row) axes, e.g. a slice or a gather."""
+        return dataclasses.replace(self, q=fn(self.q), scales=fn(self.scales))
 
     def reshape_rows(self, *rows: int) -> QArray:
-        """The same rows viewed as ``[*rows, K]`` (a reshape of the leading axes only)."""
-        return QArray(
-            self.q.reshape(*rows, self.q.shape[-1]),
-            self.scales.reshape(*rows, self.scales.shape[-1]),
-            self.kind,
-        )
+        """The same stored rows viewed as ``[*rows, K]`` (a reshape of the leading axes)."""
+        return self.rows(lambda a: a.reshape(*rows, a.shape[-1]))
 
     def __repr__(self) -> str:
-        return f"QArray({self.kind}, shape={list(self.shape)})"
+        t = ", transposed" if self.transposed else ""
+        return f"QArray({self.kind}, shape={list(self.shape)}{t})"
 
 
 def is_quantized(w) -> bool:
     return isinstance(w, QArray)
 
 
-def quantize(w, kind: qf.QuantKind, name: str = "weights") -> QArray:
-    """A float matrix ``[..., N, K]`` (``K`` a multiple of 32) as a :class:`QArray`."""
-    q, scales = qf.quantize(np.asarray(w, np.float32), qf.check_kind(kind), name)
-    return QArray(jnp.asarray(q), jnp.asarray(scales), kind)
+def quantize(w, kind: qf.QuantKind, name: str = "weights", transposed: bool = False) -> QArray:
+    """A float matrix ``[..., N, K]`` (``K`` a multiple of 32) as a :class:`QArray`; with
+    ``transposed``, stored as the rows of its transpose (``N`` a multiple of 32)."""
+    a = np.asarray(w, np.float32)
+    if transposed:
+        a = np.ascontiguousarray(np.swapaxes(a, -1, -2))
+    q, scales = qf.quantize(a, qf.check_kind(kind), name)
+    return QArray(jnp.asarray(q), jnp.asarray(scales), kind, transposed)
+
+
+def untransposed(w: QArray) -> QArray:
+    """``w`` stored one row per row of the matrix it stands for: itself, or (transposed)
+    dequantized and quantized again the other way (a second rounding)."""
+    if not w.transposed:
+        return w
+    return quantize(np.asarray(dequantize(w)), w.kind)
 
 
 def dequantize(w: QArray) -> jax.Array:
-    """The float32 matrix ``[..., N, K]`` a :class:`QArray` stands for (jnp)."""
+    """The float32 matrix a :class:`QArray` stands for (jnp), ``w.shape``."""
     q = w.q
     if w.kind == "int4":
-        b = q.reshape(*q.shape[:-1], -1, qf.BLOCK // 2)
+        b = q.reshape(*q.shape[:-1], q.shape[-1] * 2 // qf.BLOCK, qf.BLOCK // 2)
         lo = (b & 0x0F).astype(jnp.int8) - 8
         hi = (b >> 4).astype(jnp.int8) - 8
         q = jnp.concatenate([lo, hi], axis=-1)
     else:
-        q = q.reshape(*q.shape[:-1], -1, qf.BLOCK)
-    out = q.astype(jnp.float32) * w.scales.astype(jnp.float32)[..., None]
-    return out.reshape(w.shape)
+        q = q.reshape(*q.shape[:-1], q.shape[-1] // qf.BLOCK, qf.BLOCK)
+    out = (q.astype(jnp.float32) * w.scales.astype(jnp.float32)[..., None]).reshape(w.stored_shape)
+    return jnp.swapaxes(out, -1, -2) if w.transposed else out
 
 
 def take_rows(w, idx: jax.Array) -> jax.Array:
@@ -100,7 +121,7 @@ def take_rows(w, idx: jax.Array) -> jax.Array:
 def quantize_activations(x: jax.Array) -> jax.Array:
     """``x [..., K]`` rounded the way the dot-product kernels quantize activations (int8 per
     block of 32, scale ``max|x| / 127``), returned dequantized (float32)."""
-    blocks = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, qf.BLOCK)
+    blocks = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // qf.BLOCK, qf.BLOCK)
     d = jnp.max(jnp.abs(blocks), axis=-1, keepdims=True) / jnp.float32(127)
     inv = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
     return (jnp.round(blocks * inv) * d).reshape(x.shape)
@@ -123,9 +144,10 @@ def _native_or(native, fallback):
 
 
 def qdot(x: jax.Array, w: QArray) -> jax.Array:
-    """``x [..., K] . w[N, K]^T -> [..., N]`` float32 (``w``'s leading axes are flattened
-    into ``N``), activations quantized per block as llama.cpp does."""
-    k = w.shape[-1]
+    """``x [..., K]`` times each stored row of ``w [N, K]`` -> ``[..., N]`` float32 (``w``'s
+    leading axes are flattened into ``N``), activations quantized per block as llama.cpp
+    does."""
+    k = w.stored_shape[-1]
     if x.shape[-1] != k:
         raise ConfigError(f"qdot: x has {x.shape[-1]} features, the weights' rows {k}")
     flat = _flat(w)
@@ -136,16 +158,18 @@ def qdot(x: jax.Array, w: QArray) -> jax.Array:
         return _call("pi2lab_qdot", x2, flat, n)
 
     def fallback():
-        return jnp.einsum("tk,nk->tn", quantize_activations(x2), dequantize(flat))
+        rows = dataclasses.replace(flat, transposed=False)
+        return jnp.einsum("tk,nk->tn", quantize_activations(x2), dequantize(rows))
 
     return _native_or(native, fallback).reshape(*x.shape[:-1], n)
 
 
 def qaxpy(x: jax.Array, w: QArray) -> jax.Array:
-    """``x [..., N] . w[N, K] -> [..., K]`` float32 (``w``'s leading axes flattened into
-    ``N``), activations in float32; rows whose ``x`` is zero are not read."""
+    """``x [..., N]`` weighting the stored rows of ``w [N, K]`` -> ``[..., K]`` float32
+    (``w``'s leading axes flattened into ``N``), activations in float32; rows whose ``x`` is
+    zero are not read."""
     flat = _flat(w)
-    n, k = flat.scales.shape[0], w.shape[-1]
+    n, k = flat.scales.shape[0], w.stored_shape[-1]
     if x.shape[-1] != n:
         raise ConfigError(f"qaxpy: x has {x.shape[-1]} entries, the weights {n} rows")
     x2 = x.reshape(-1, n).astype(jnp.float32)
@@ -154,6 +178,6 @@ def qaxpy(x: jax.Array, w: QArray) -> jax.Array:
         return _call("pi2lab_qaxpy", x2, flat, k)
 
     def fallback():
-        return x2 @ dequantize(flat)
+        return x2 @ dequantize(dataclasses.replace(flat, transposed=False))
 
     return _native_or(native, fallback).reshape(*x.shape[:-1], k)

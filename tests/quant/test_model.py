@@ -69,7 +69,10 @@ def test_quantized_forward_is_its_dequantized_float_model(name, kind):
 @pytest.mark.parametrize("name", ["dense", "moe"])
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_sparse_decode_with_every_neuron_reproduces_quantized_dense(name, kind):
-    q = model(name, kind)
+    f = model(name)
+    oracle = SparseDecoder.oracle(f.config)
+    # quantized in the sparse layout (down one neuron per row), which dense decode reads too
+    q = Model(f.config, quantize_params(oracle.layout(f.params), kind))
     dense = pl.generate(q, np.array([1, 5, 9], np.int32), max_new_tokens=8, stop_at_eos=False)
     sparse = pl.generate(
         q,
@@ -77,14 +80,19 @@ def test_sparse_decode_with_every_neuron_reproduces_quantized_dense(name, kind):
         max_new_tokens=8,
         stop_at_eos=False,
         engine="sparse",
-        sparse=SparseDecoder.oracle(q.config),
+        sparse=oracle,
     )
     np.testing.assert_array_equal(sparse.tokens, dense.tokens)
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_quantized_checkpoint_loads_back_as_saved(kind, tmp_path):
-    q = model("untied", kind)
+@pytest.mark.parametrize("name", ["untied", "moe", "sparse"])
+def test_quantized_checkpoint_loads_back_as_saved(kind, name, tmp_path):
+    if name == "sparse":  # down one neuron per row (saved as its transpose's rows)
+        f = model("dense")
+        q = Model(f.config, quantize_params(SparseDecoder.oracle(f.config).layout(f.params), kind))
+    else:
+        q = model(name, kind)
     save_pretrained(q, tmp_path / "m")
     back = load_pretrained(tmp_path / "m")
     assert back.weights == kind
