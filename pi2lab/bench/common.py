@@ -50,6 +50,6 @@ def decode_rate(step, params: dict, cfg: ModelConfig, steps: int, prompt_len: in
     token.block_until_ready()
     t0 = time.perf_counter()
     for i in range(steps):
-        token, cache = step(i, cache, token, jnp.int32(prompt_len + i))
+        token, cache = step(i, cache, token, np.int32(prompt_len + i))  # np: no dispatch
     token.block_until_ready()
     return steps / (time.perf_counter() - t0)

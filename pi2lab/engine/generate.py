@@ -163,7 +163,7 @@ def _generate(
     t_first = None
     pos = ids.size
     while stop == "length" and len(out) < max_new_tokens:
-        token, _, cache = step(cache, token, jnp.int32(pos), key, knobs)
+        token, _, cache = step(cache, token, np.int32(pos), key, knobs)  # np: no dispatch
         out.append(int(token))  # host sync: batch-1 decode is latency-bound anyway
         pos += 1
         if t_first is None:

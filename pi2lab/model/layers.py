@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.config import Activation, ModelConfig
-from pi2lab.quant.ops import QArray, is_quantized, qaxpy, qdot
+from pi2lab.quant.ops import QArray, is_quantized, qaxpy, qdot, qdot_many
 
 _MASKED = -1e30
 
@@ -104,6 +104,18 @@ def rows_in(x: jax.Array, w: jax.Array | QArray) -> jax.Array:
     return jnp.einsum("...d,fd->...f" if w.ndim == 2 else "...d,efd->...ef", x, w)
 
 
+def rows_in_all(x: jax.Array, ws: list) -> list[jax.Array]:
+    """:func:`rows_in` for several matrices read with the same ``x``: one native call when
+    all are quantized alike (gate and up; attention's q, k and v)."""
+    if len(ws) > 1 and all(is_quantized(w) and w.kind == ws[0].kind for w in ws):
+        ys = qdot_many(x, ws)
+        return [
+            y.reshape(*x.shape[:-1], *w.shape[:-1]).astype(x.dtype)
+            for y, w in zip(ys, ws, strict=True)
+        ]
+    return [rows_in(x, w) for w in ws]
+
+
 def rows_out(a: jax.Array, w: jax.Array | QArray) -> jax.Array:
     """``a [..., (E,) F] . w[(E,) F, D] -> [..., D]``: the rows of ``w`` weighted by ``a`` (the
     down projection, one neuron per row; quantized and transposed, one output per row)."""
@@ -141,7 +153,7 @@ def ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """
     out, acts = 0.0, []
     for gate_w, up_w, down_w in ffn_blocks(p):
-        gate, up = rows_in(x, gate_w), rows_in(x, up_w)
+        gate, up = rows_in_all(x, [gate_w, up_w])
         act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
         out = out + rows_out(act, down_w)
         acts.append(act)
@@ -170,7 +182,7 @@ def moe_ffn(x: jax.Array, p: dict, cfg: ModelConfig) -> tuple[jax.Array, jax.Arr
     weights = moe_routing(x, p["router"], cfg.num_experts_per_tok).astype(x.dtype)  # [B, T, E]
     out, acts = 0.0, []
     for gate_w, up_w, down_w in ffn_blocks(p):
-        gate, up = rows_in(x, gate_w), rows_in(x, up_w)
+        gate, up = rows_in_all(x, [gate_w, up_w])
         act = ffn_activation(gate, up, cfg.ffn_activation, cfg.activation_threshold)
         act = act * (weights > 0)[..., None]
         out = out + rows_out(act * weights[..., None], down_w)

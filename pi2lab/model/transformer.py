@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from pi2lab.config import ModelConfig
 from pi2lab.model import layers
 from pi2lab.model.kv_cache import KVCache
-from pi2lab.quant.ops import is_quantized, qdot, take_rows
+from pi2lab.quant.ops import is_quantized, qdot, qdot_many, take_rows
 
 FfnFn = Callable[[int, jax.Array, jax.Array, dict], tuple[jax.Array, jax.Array]]
 
@@ -21,12 +21,15 @@ def dense_ffn(cfg: ModelConfig) -> FfnFn:
     return lambda i, resid, h, p: layer_fn(h, p, cfg)
 
 
-def heads_in(h: jax.Array, w, n: int) -> jax.Array:
-    """``h [B, T, D]`` -> ``[B, T, N, K]`` through a query/key/value projection: internal
-    ``w [D, N, K]``, or quantized ``[N*K, D]`` (one output per row)."""
-    if is_quantized(w):
-        return qdot(h, w).reshape(*h.shape[:-1], n, -1).astype(h.dtype)
-    return jnp.einsum("btd,dnk->btnk", h, w)
+def heads_in(h: jax.Array, ws: list, heads: list[int]) -> list[jax.Array]:
+    """``h [B, T, D]`` -> ``[B, T, N, K]`` through query/key/value projections: internal
+    ``w [D, N, K]``, or quantized ``[N*K, D]`` (one output per row; all in one call)."""
+    if all(is_quantized(w) for w in ws):
+        ys = qdot_many(h, ws)
+        return [
+            y.reshape(*h.shape[:-1], n, -1).astype(h.dtype) for y, n in zip(ys, heads, strict=True)
+        ]
+    return [jnp.einsum("btd,dnk->btnk", h, w) for w in ws]
 
 
 def heads_out(att: jax.Array, w) -> jax.Array:
@@ -60,9 +63,10 @@ def attention_block(
     ``start`` and the returned ones are the whole updated cache; without, just the new ones.
     """
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = layers.apply_rope(heads_in(h, p["q"], cfg.num_heads), q_pos, inv_freq)
-    k = layers.apply_rope(heads_in(h, p["k"], cfg.num_kv_heads), q_pos, inv_freq)
-    v = heads_in(h, p["v"], cfg.num_kv_heads)
+    g = cfg.num_kv_heads
+    q, k, v = heads_in(h, [p["q"], p["k"], p["v"]], [cfg.num_heads, g, g])
+    q = layers.apply_rope(q, q_pos, inv_freq)
+    k = layers.apply_rope(k, q_pos, inv_freq)
     if kv is not None:
         k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), start, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), start, axis=1)

@@ -131,11 +131,6 @@ def _flat(w: QArray) -> QArray:
     return w.reshape_rows(-1)
 
 
-def _call(target: str, x2, w: QArray, out_cols: int):
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x2.shape[0], out_cols), jnp.float32))
-    return call(x2, w.q, w.scales, bits=np.int32(qf.BITS[w.kind]))
-
-
 def _native_or(native, fallback):
     """``native()`` on the CPU where the kernels are built; ``fallback()`` otherwise."""
     if not native_available():
@@ -147,21 +142,38 @@ def qdot(x: jax.Array, w: QArray) -> jax.Array:
     """``x [..., K]`` times each stored row of ``w [N, K]`` -> ``[..., N]`` float32 (``w``'s
     leading axes are flattened into ``N``), activations quantized per block as llama.cpp
     does."""
-    k = w.stored_shape[-1]
-    if x.shape[-1] != k:
-        raise ConfigError(f"qdot: x has {x.shape[-1]} features, the weights' rows {k}")
-    flat = _flat(w)
-    n = flat.scales.shape[0]
+    return qdot_many(x, [w])[0]
+
+
+def qdot_many(x: jax.Array, ws: list[QArray]) -> list[jax.Array]:
+    """:func:`qdot` of one ``x`` with up to 8 matrices of one kind (attention's q, k and v;
+    an FFN's gate and up) in one native call: ``x`` is quantized once and the rows of all of
+    them are split over the cores together."""
+    k = ws[0].stored_shape[-1]
+    for w in ws:
+        if x.shape[-1] != w.stored_shape[-1]:
+            raise ConfigError(
+                f"qdot: x has {x.shape[-1]} features, the weights' rows {w.stored_shape[-1]}"
+            )
+        if w.kind != ws[0].kind:
+            raise ConfigError(f"qdot: matrices of kinds {ws[0].kind} and {w.kind} in one call")
+    flats = [_flat(w) for w in ws]
+    ns = [f.scales.shape[0] for f in flats]
     x2 = x.reshape(-1, k).astype(jnp.float32)
 
     def native():
-        return _call("pi2lab_qdot", x2, flat, n)
+        shapes = [jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32) for n in ns]
+        call = jax.ffi.ffi_call("pi2lab_qdot", shapes)
+        args = [a for f in flats for a in (f.q, f.scales)]
+        return tuple(call(x2, *args, bits=np.int32(qf.BITS[ws[0].kind])))
 
     def fallback():
-        rows = dataclasses.replace(flat, transposed=False)
-        return jnp.einsum("tk,nk->tn", quantize_activations(x2), dequantize(rows))
+        xq = quantize_activations(x2)
+        rows = [dequantize(dataclasses.replace(f, transposed=False)) for f in flats]
+        return tuple(jnp.einsum("tk,nk->tn", xq, r) for r in rows)
 
-    return _native_or(native, fallback).reshape(*x.shape[:-1], n)
+    outs = _native_or(native, fallback)
+    return [y.reshape(*x.shape[:-1], n) for y, n in zip(outs, ns, strict=True)]
 
 
 def qaxpy(x: jax.Array, w: QArray) -> jax.Array:
@@ -175,7 +187,8 @@ def qaxpy(x: jax.Array, w: QArray) -> jax.Array:
     x2 = x.reshape(-1, n).astype(jnp.float32)
 
     def native():
-        return _call("pi2lab_qaxpy", x2, flat, k)
+        call = jax.ffi.ffi_call("pi2lab_qaxpy", jax.ShapeDtypeStruct((x2.shape[0], k), jnp.float32))
+        return call(x2, flat.q, flat.scales, bits=np.int32(qf.BITS[flat.kind]))
 
     def fallback():
         return x2 @ dequantize(dataclasses.replace(flat, transposed=False))

@@ -64,9 +64,12 @@ class Pool {
   int size() const { return n_; }
 
   // Runs fn(share) for share in [0, shares), shares <= size(); returns when all are done.
+  // XLA may run independent kernels at once from several threads: a call that finds the pool
+  // busy runs its shares on its own thread.
   void Run(int shares, const std::function<void(int)>& fn) {
-    if (shares <= 1) {
-      fn(0);
+    std::unique_lock<std::mutex> busy(run_, std::try_to_lock);
+    if (shares <= 1 || !busy.owns_lock()) {
+      for (int i = 0; i < shares; ++i) fn(i);
       return;
     }
     job_ = &fn;
@@ -111,7 +114,7 @@ class Pool {
 
   int n_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
+  std::mutex mu_, run_;
   std::condition_variable wake_, done_;
   const std::function<void(int)>* job_ = nullptr;
   int shares_ = 0;

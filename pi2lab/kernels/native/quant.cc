@@ -543,28 +543,58 @@ QRows Rows(const ffi::AnyBuffer& q, const ffi::AnyBuffer& s, int64_t k, int bits
           static_cast<const uint16_t*>(s.untyped_data()), k, bits};
 }
 
-// y [T, N] = x [T, K] . w [N, K]^T
-ffi::Error QDotImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer q, ffi::AnyBuffer s,
-                    ffi::ResultBuffer<ffi::F32> y, int32_t bits) {
-  int64_t n, k;
-  if (auto e = CheckQ("qdot", q, s, bits, &n, &k); e.failure()) return e;
-  if (k == 0 || x.element_count() % k || y->element_count() != x.element_count() / k * n) {
-    return ffi::Error::InvalidArgument("qdot: expected x [T, K] and y [T, N]");
+// Up to this many matrices share one qdot call (attention's q, k, v; an FFN's gate and up).
+constexpr size_t kMaxMatrices = 8;
+
+// y_i [T, N_i] = x [T, K] . w_i [N_i, K]^T for each matrix i: the activations are quantized
+// once and the rows of all the matrices are split over the pool as one list (one call where
+// there would be several, which XLA may otherwise run at once on the same cores).
+ffi::Error QDotImpl(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs weights, ffi::RemainingRets ys,
+                    int32_t bits) {
+  const size_t m = ys.size();
+  if (m == 0 || m > kMaxMatrices || weights.size() != 2 * m) {
+    return ffi::Error::InvalidArgument("qdot: expected 1 to 8 (weights, scales) pairs, one per result");
   }
-  const int64_t t = x.element_count() / k;
+  QRows mats[kMaxMatrices];
+  float* outs[kMaxMatrices];
+  int64_t first[kMaxMatrices + 1] = {0};
+  int64_t k = -1, t = 0;
+  for (size_t i = 0; i < m; ++i) {
+    auto q = weights.get<ffi::AnyBuffer>(2 * i);
+    auto s = weights.get<ffi::AnyBuffer>(2 * i + 1);
+    auto y = ys.get<ffi::AnyBuffer>(i);
+    if (!q.has_value() || !s.has_value() || !y.has_value()) {
+      return ffi::Error::InvalidArgument("qdot: unreadable operand");
+    }
+    int64_t n, ki;
+    if (auto e = CheckQ("qdot", q.value(), s.value(), bits, &n, &ki); e.failure()) return e;
+    if (ki == 0 || (k >= 0 && ki != k) || x.element_count() % ki) {
+      return ffi::Error::InvalidArgument("qdot: every matrix's rows must have the length of x");
+    }
+    k = ki;
+    t = x.element_count() / k;
+    if (static_cast<int64_t>(y.value()->element_count()) != t * n) {
+      return ffi::Error::InvalidArgument("qdot: expected x [T, K] and each y [T, N]");
+    }
+    mats[i] = Rows(q.value(), s.value(), k, bits);
+    outs[i] = static_cast<float*>(y.value()->untyped_data());
+    first[i + 1] = first[i] + n;
+  }
+  const int64_t total = first[m];
   // thread_local names are not captured by the workers' lambda: they use these references
   thread_local QuantizedX quantized;
   quantized.Set(x.typed_data(), t, k);
   const QuantizedX& xq = quantized;
-  const QRows w = Rows(q, s, k, bits);
   const Isa& isa = Current();
-  float* out = y->typed_data();
-  const int shares = Shares(n * w.row_bytes(), n);
+  const int shares = Shares(total * mats[0].row_bytes(), total);
   // one row at a time: measured here, four rows at once (x loaded once per block) streamed
   // from memory at half the rate
   GlobalPool().Run(shares, [&](int i) {
-    for (int64_t r = n * i / shares; r < n * (i + 1) / shares; ++r) {
-      for (int64_t j = 0; j < t; ++j) out[j * n + r] = Dot(isa, w, r, xq, j);
+    size_t mi = 0;
+    for (int64_t r = total * i / shares; r < total * (i + 1) / shares; ++r) {
+      while (r >= first[mi + 1]) ++mi;
+      const int64_t n = first[mi + 1] - first[mi], row = r - first[mi];
+      for (int64_t j = 0; j < t; ++j) outs[mi][j * n + row] = Dot(isa, mats[mi], row, xq, j);
     }
   });
   return ffi::Error::Success();
@@ -696,9 +726,8 @@ bool SetIsa(const char* name) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Pi2labQDot, pi2lab::QDotImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
                                   .Attr<int32_t>("bits"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Pi2labQAxpy, pi2lab::QAxpyImpl,
