@@ -25,6 +25,7 @@ from pi2lab.model.params import merge_ffn
 from pi2lab.model.pretrained import load_pretrained, resolve
 from pi2lab.predict.predictor import PREDICTORS_FILE
 from pi2lab.predict.sparsify import load_sparse
+from pi2lab.quant import format as qf
 from pi2lab.storage.layout import (
     BITS,
     FFN_KEYS,
@@ -68,7 +69,6 @@ def convert(
     *,
     dtype: StorageDtype = "f32",
     cluster_size: int | None = None,
-    group_size: int = 64,
     predictors: list[dict] | None = None,
     plan: SparsePlan | None = None,
     tokenizer=None,
@@ -79,8 +79,8 @@ def convert(
     an interrupted convert leaves nothing that opens as a layout.
 
     Raises:
-      ConfigError: unknown dtype, a cluster size not dividing the FFN, a group size not
-        dividing the hidden size.
+      ConfigError: unknown dtype, a cluster size not dividing the FFN, a quantized dtype with
+        a hidden size that is not a multiple of 32.
     """
     if dtype not in BITS:
         raise ConfigError(f"storage dtype {dtype!r}: expected one of {sorted(BITS)}")
@@ -90,10 +90,8 @@ def convert(
     if c <= 0 or f % c:
         raise ConfigError(f"cluster size {c}: expected a positive divisor of the FFN size {f}")
     quantized = dtype in ("int8", "int4")
-    if quantized and (group_size <= 0 or d % group_size or group_size % 2):
-        raise ConfigError(
-            f"group size {group_size}: expected an even divisor of the hidden size {d}"
-        )
+    if quantized:
+        qf.check_tiles((d,), f"{dtype} bundles of hidden size {d}")
     out = Path(out)
     with atomic_dir(out) as tmp:
         stride = round_up(c * bundle_bytes(d, dtype))
@@ -104,7 +102,7 @@ def convert(
             for e, gate, up, down in _ffns(cfg, layer):
                 index = len(files)
                 w = np.stack([gate, up, down], axis=1)  # [F, 3, D]
-                q, scales = quantize(w, dtype, group_size)
+                q, scales = quantize(w, dtype)
                 if scales is not None:
                     tensors[f"scales.{index}"] = scales
                 payload = q.view(np.uint8).reshape(f // c, -1)
@@ -127,7 +125,7 @@ def convert(
             "format": FORMAT,
             "config": cfg.to_hf(),
             "dtype": dtype,
-            "group_size": group_size if quantized else 0,
+            "group_size": qf.BLOCK if quantized else 0,
             "cluster_size": c,
             "stride": stride,
             "files": [dataclasses.asdict(bf) for bf in files],

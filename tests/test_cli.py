@@ -106,6 +106,10 @@ def test_info_kernels_and_sparse_memory(capsys):
         (["train", "--out", "{ckpt}.t", "--lr", "-1"], "learning_rate=-1.0"),
         (["bench", "dense", "--steps", "-1"], "steps=-1: expected at least 1"),
         (["train-predictors", "--steps", "0", "--out", "{ckpt}.p"], "steps=0"),
+        (
+            ["convert", "--model", "{ckpt}", "--out", "{ckpt}.flash", "--dtype", "int8"],
+            "hidden size 48",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(ckpt, args, message):
@@ -126,9 +130,7 @@ def test_convert_then_verify(ckpt, tmp_path, capsys):
                 "--out",
                 str(out),
                 "--dtype",
-                "int8",
-                "--group-size",
-                "16",
+                "f16",
                 "--json",
             ]
         )
@@ -137,7 +139,7 @@ def test_convert_then_verify(ckpt, tmp_path, capsys):
     converted = json.loads(capsys.readouterr().out)
     assert main(["verify", str(out), "--json"]) == 0
     verified = json.loads(capsys.readouterr().out)
-    assert converted == verified and verified["dtype"] == "int8"
+    assert converted == verified and verified["dtype"] == "f16"
     assert verified["ffn_bytes"] == 2 * 56 // verified["cluster_size"] * verified["stride"]
 
 

@@ -13,7 +13,6 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--cluster-size", type=int, default=None, help="neurons per read unit (default: 4 KiB fit)"
     )
-    p.add_argument("--group-size", type=int, default=64, help="elements per quantization scale")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_convert)
 
@@ -32,7 +31,6 @@ def run_convert(args) -> int:
         args.out,
         dtype=args.dtype,
         cluster_size=args.cluster_size,
-        group_size=args.group_size,
     )
     print_summary(open_layout(out).summary(), args.json, width=15)
     return 0

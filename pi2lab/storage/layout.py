@@ -20,9 +20,10 @@ stride rounded up to 4 KiB, so every unit starts on an ``O_DIRECT``-readable bou
   unit u of layer l:  offset u * stride in layer l's file
                       [C, 3, D] elements: neuron (gate row, up row, down column), padding to stride
 
-Quantized dtypes store ``int8`` (or ``int4``, two per byte, low nibble first) with one scale per
-``group_size`` consecutive elements of each row; the scales are resident (PowerInfer-2 keeps
-them in memory too). Dequantized value = q * scale.
+Quantized dtypes store each row in the block format of :mod:`pi2lab.quant.format` (``int8``:
+llama.cpp's Q8_0; ``int4``: its Q4_0 nibble order), the one the native kernels compute with;
+the float16 scales, one per 32 elements (``scales.<i>`` ``[F, 3, D/32]``), are resident
+(PowerInfer-2 keeps them in memory too).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ import safetensors
 from pi2lab.config import ModelConfig
 from pi2lab.errors import StorageError
 from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.quant import format as qf
 from pi2lab.storage.io import ALIGN
 
-FORMAT = "pi2lab-flash-1"
+FORMAT = "pi2lab-flash-2"
 HEADER = "flash.json"
 RESIDENT = "resident.safetensors"
 FFN_KEYS = ("gate", "up", "down")
@@ -69,37 +71,21 @@ def default_cluster_size(neurons: int, hidden: int, dtype: StorageDtype) -> int:
     return sizes[int(np.argmin(waste))]
 
 
-def quantize(
-    w: np.ndarray, dtype: StorageDtype, group: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``w [..., D]`` float -> stored array (``[..., D]``, int4: ``[..., D/2]`` uint8) and
-    scales ``[..., D/group]`` float32 (None for float dtypes). Symmetric, round to nearest."""
+def quantize(w: np.ndarray, dtype: StorageDtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """``w [..., D]`` float -> stored array and scales (None for float dtypes); quantized
+    dtypes in the block format of :mod:`pi2lab.quant.format`."""
     if dtype == "f32":
         return w.astype(np.float32), None
     if dtype == "f16":
         return w.astype(np.float16), None
-    qmax = 127 if dtype == "int8" else 7
-    g = w.reshape(*w.shape[:-1], -1, group).astype(np.float32)
-    scale = np.abs(g).max(-1, keepdims=True) / qmax
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    q = np.clip(np.rint(g / scale), -qmax - 1, qmax).astype(np.int8).reshape(w.shape)
-    if dtype == "int4":
-        u = (q + 8).astype(np.uint8)
-        q = u[..., 0::2] | (u[..., 1::2] << 4)
-    return q, scale[..., 0]
+    return qf.quantize(w, dtype, "FFN bundles")
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
     """Inverse of :func:`quantize`: float32 ``[..., D]``."""
     if scales is None:
         return q.astype(np.float32, copy=False)  # f32 bundles: a view, no copy
-    if dtype == "int4":
-        lo = (q & 0x0F).astype(np.int8) - 8
-        hi = (q >> 4).astype(np.int8) - 8
-        q = np.stack([lo, hi], axis=-1).reshape(*q.shape[:-1], -1)
-    g = scales.shape[-1]
-    w = q.astype(np.float32).reshape(*q.shape[:-1], g, -1) * scales[..., None]
-    return w.reshape(*q.shape[:-1], -1)
+    return qf.dequantize(q, scales, dtype)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,7 +115,7 @@ class FlashLayout:
       path: The layout directory.
       config: The model's config.
       dtype: Storage dtype of the FFN bundles.
-      group_size: Elements per quantization scale (quantized dtypes).
+      group_size: Elements per quantization scale (32 for quantized dtypes, else 0).
       cluster_size: Neurons per unit, C.
       stride: Bytes from one unit to the next (a multiple of 4 KiB).
       files: One bundle file per layer (per layer and expert for MoE), layer-major.
@@ -288,6 +274,11 @@ def open_layout(path: str | os.PathLike) -> FlashLayout:
         )
     except (KeyError, TypeError) as e:
         raise StorageError(f"{head}: malformed header ({e!r})") from e
+    if layout.group_size != (qf.BLOCK if layout.dtype in qf.KINDS else 0):
+        raise StorageError(
+            f"{head}: {layout.dtype} bundles with group_size {layout.group_size}; expected "
+            f"{qf.BLOCK if layout.dtype in qf.KINDS else 0}"
+        )
     expected = cfg.num_layers * (cfg.num_experts if cfg.is_moe else 1)
     if len(files) != expected:
         raise StorageError(f"{head}: {len(files)} bundle files listed; expected {expected}")

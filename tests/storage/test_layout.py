@@ -13,6 +13,7 @@ import safetensors.numpy
 import pi2lab as pl
 from pi2lab.convert import convert
 from pi2lab.errors import ConfigError, StorageError
+from pi2lab.quant import format as qf
 from pi2lab.storage import layout as fl
 from tests.conftest import tiny_config
 
@@ -46,22 +47,23 @@ def test_f32_layout_round_trips_and_units_are_aligned(params, tmp_path):
 
 @pytest.mark.parametrize(("dtype", "tol"), [("f16", 1e-3), ("int8", 0.01), ("int4", 0.15)])
 def test_quantized_layouts_dequantize_close(params, tmp_path, dtype, tol):
-    layout = fl.verify(convert(CFG, params, tmp_path / dtype, dtype=dtype, group_size=16))
+    layout = fl.verify(convert(CFG, params, tmp_path / dtype, dtype=dtype))
     w = ffn(params, 1)
     got = layout.read_ffn(1)
     assert np.max(np.abs(got - w)) <= tol * np.max(np.abs(w))
     assert layout.unit_bytes == layout.cluster_size * 3 * 64 * fl.BITS[dtype] // 8
 
 
-def test_quantization_error_is_at_most_half_a_step():
-    rng = np.random.default_rng(0)
-    w = rng.uniform(-1, 1, (5, 3, 32)).astype(np.float32)
-    w[..., ::16] = 4.0  # every group's largest value, so every scale is 4 / qmax
-    for dtype, qmax in (("int8", 127), ("int4", 7)):
-        stored, scales = fl.quantize(w, dtype, 16)
-        np.testing.assert_allclose(scales, 4.0 / qmax, rtol=1e-6)
-        err = np.abs(fl.dequantize(stored, scales, dtype) - w)
-        assert err.max() <= 4.0 / qmax / 2 + 1e-6
+def test_quantized_bundles_are_the_kernel_format(params, tmp_path):
+    """One format for the model in memory and on flash: a unit's bytes are the rows of
+    pi2lab.quant.format, scales resident."""
+    for dtype in ("int8", "int4"):
+        layout = fl.verify(convert(CFG, params, tmp_path / dtype, dtype=dtype, cluster_size=4))
+        q, scales = qf.quantize(ffn(params, 0), dtype)  # [F, 3, D'], [F, 3, D/32]
+        raw = np.fromfile(layout.path / layout.files[0].file, np.uint8)[: layout.unit_bytes]
+        np.testing.assert_array_equal(raw, q[:4].view(np.uint8).ravel())
+        np.testing.assert_array_equal(layout.resident()["scales.0"], scales)
+        assert layout.group_size == qf.BLOCK
 
 
 def test_default_cluster_size_avoids_padding():
@@ -99,7 +101,7 @@ def test_truncated_missing_and_foreign_files(params, tmp_path):
         fl.open_layout(out)
     header = json.loads((out / fl.HEADER).read_text())
     (out / fl.HEADER).write_text(json.dumps({**header, "format": "pi2lab-flash-0"}))
-    with pytest.raises(StorageError, match="expected 'pi2lab-flash-1'"):
+    with pytest.raises(StorageError, match="expected 'pi2lab-flash-2'"):
         fl.open_layout(out)
     with pytest.raises(StorageError, match="no flash.json"):
         fl.open_layout(tmp_path / "nowhere")
@@ -108,8 +110,10 @@ def test_truncated_missing_and_foreign_files(params, tmp_path):
 def test_bad_convert_settings_leave_nothing(params, tmp_path):
     with pytest.raises(ConfigError, match="cluster size 5"):
         convert(CFG, params, tmp_path / "a", cluster_size=5)
-    with pytest.raises(ConfigError, match="group size 12"):
-        convert(CFG, params, tmp_path / "b", dtype="int8", group_size=12)
+    odd = tiny_config()  # hidden size 48: not whole blocks of 32
+    odd_params = jax.tree.map(np.asarray, pl.init_params(odd, jax.random.key(0)))
+    with pytest.raises(ConfigError, match="hidden size 48.*multiple of 32"):
+        convert(odd, odd_params, tmp_path / "b", dtype="int8")
     with pytest.raises(ConfigError, match="storage dtype"):
         convert(CFG, params, tmp_path / "c", dtype="int3")
     assert list(tmp_path.iterdir()) == []
@@ -126,7 +130,7 @@ def test_interrupted_convert_leaves_no_layout(params, tmp_path, monkeypatch):
 
 
 def test_reading_a_layout_imports_no_jax(params, tmp_path):
-    out = convert(CFG, params, tmp_path / "flash", dtype="int8", group_size=16, cluster_size=4)
+    out = convert(CFG, params, tmp_path / "flash", dtype="int8", cluster_size=4)
     code = (
         "import sys\n"
         "from pi2lab.storage.layout import verify\n"
