@@ -12,6 +12,10 @@ from __future__ import annotations
 import functools
 
 import jax
+import numpy as np
+
+ACTIVATIONS = {"silu": 0, "relu": 1, "drelu": 2, "fatrelu": 3}
+"""The native kernels' code for each FFN activation."""
 
 
 @functools.cache
@@ -27,6 +31,44 @@ def _load() -> tuple[object | None, str]:
 
 def native_available() -> bool:
     """Whether the native kernels were built and registered (for the CPU backend)."""
+    return _load()[0] is not None
+
+
+def bundle_ffn(
+    x: np.ndarray,
+    src: np.ndarray,
+    rows: np.ndarray,
+    units: np.ndarray,
+    scales: np.ndarray,
+    cluster_size: int,
+    bits: int,
+    kind: str,
+    threshold: float,
+) -> np.ndarray:
+    """One FFN's output ``[D]`` for ``x [D]`` from quantized flash-layout units read in place
+    (no dequantized copy): unit ``i`` is row ``rows[i]`` of ``src [S, stride]`` uint8 and
+    unit ``units[i]`` of the FFN, whose resident scales are ``scales [F, 3, D/32]`` float16.
+    Runs on the host, outside JAX, with the GIL released; needs the native kernels
+    (:func:`native_built`)."""
+    out = np.empty(x.shape[-1], np.float32)
+    _load()[0].ffn_bundles(
+        out,
+        np.ascontiguousarray(x, np.float32),
+        src,
+        src.shape[1],
+        np.ascontiguousarray(rows, np.int64),
+        np.ascontiguousarray(units, np.int64),
+        scales,
+        cluster_size,
+        bits,
+        ACTIVATIONS[kind],
+        threshold,
+    )
+    return out
+
+
+def native_built() -> bool:
+    """Whether the native kernels were built (whatever JAX's backend)."""
     return _load()[0] is not None
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
-from pi2lab.ffi import native_available
+from pi2lab.ffi import ACTIVATIONS, native_available
 from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model.layers import ffn_activation, ffn_blocks, rows_in, rows_out
 from pi2lab.model.params import split_ffn
@@ -39,7 +39,6 @@ from pi2lab.quant.format import BITS
 from pi2lab.quant.ops import is_quantized
 
 Impl = Literal["auto", "native", "loop"]
-_KINDS = {"silu": 0, "relu": 1, "drelu": 2, "fatrelu": 3}
 
 
 def sparse_layout(params: dict, plan: SparsePlan) -> dict:
@@ -95,7 +94,7 @@ def _native(x, p, active_clusters, kind, threshold, expert):
         jnp.int32(0) if expert is None else expert.astype(jnp.int32),
         active_clusters.astype(bool),
     ]
-    attrs = {"kind": np.int32(_KINDS[kind]), "threshold": np.float32(threshold)}
+    attrs = {"kind": np.int32(ACTIVATIONS[kind]), "threshold": np.float32(threshold)}
     target = "pi2lab_sparse_ffn_f32"
     if is_quantized(weights[0]):  # q and scales of each, and how many bits
         target, attrs["bits"] = "pi2lab_qsparse_ffn", np.int32(BITS[weights[0].kind])

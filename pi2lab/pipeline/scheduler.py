@@ -31,6 +31,7 @@ import numpy as np
 from pi2lab.cache.neuron_cache import NeuronCache
 from pi2lab.config import Activation
 from pi2lab.errors import ConfigError
+from pi2lab.ffi import bundle_ffn, native_built
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.storage.io import IOEngine, ReadRequest, aligned_empty
 from pi2lab.storage.layout import BITS, FlashLayout
@@ -132,6 +133,12 @@ class FfnStore:
     def compute(self, x: np.ndarray, src: np.ndarray, rows, units: np.ndarray, kind, thr):
         """FFN contribution ``[..., D]`` of ``units`` whose bytes are ``src[rows]``
         (``rows``: an index array, gathered, or a slice, read in place)."""
+        if self.scales is not None and x.ndim == 1 and native_built():
+            # quantized units computed where they lie by the native kernels
+            at = np.arange(len(src))[rows] if isinstance(rows, slice) else rows
+            bits = BITS[self.layout.dtype]
+            c = self.layout.cluster_size
+            return bundle_ffn(x, src, at, units, self.scales, c, bits, kind, thr)
         raw = src[rows]
         if self.scales is None and self.layout.dtype == "f32" and x.ndim == 1:
             # bundles [n, 3, D] as [3n, D] rows: one contiguous matrix-vector product gives

@@ -42,9 +42,65 @@ static PyObject* SetIsa(PyObject*, PyObject* args) {
   return PyBool_FromLong(pi2lab::SetIsa(name));
 }
 
+// A C-contiguous buffer of `itemsize` bytes per element, or NULL with a Python error set.
+struct View {
+  Py_buffer buf{};
+  bool ok = false;
+  View(PyObject* obj, Py_ssize_t itemsize, bool writable, const char* what) {
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &buf, flags) != 0) return;
+    ok = buf.itemsize == itemsize;
+    if (!ok) PyErr_Format(PyExc_ValueError, "%s: expected %zd-byte elements", what, itemsize);
+  }
+  ~View() {
+    if (buf.obj != nullptr) PyBuffer_Release(&buf);
+  }
+  Py_ssize_t count() const { return buf.len / buf.itemsize; }
+};
+
+static PyObject* FfnBundles(PyObject*, PyObject* args) {
+  PyObject *out_o, *x_o, *src_o, *rows_o, *units_o, *scales_o;
+  long long stride, cluster;
+  int bits, kind;
+  float threshold;
+  if (!PyArg_ParseTuple(args, "OOOLOOOLiif", &out_o, &x_o, &src_o, &stride, &rows_o, &units_o,
+                        &scales_o, &cluster, &bits, &kind, &threshold)) {
+    return nullptr;
+  }
+  View out(out_o, 4, true, "out"), x(x_o, 4, false, "x"), src(src_o, 1, false, "src"),
+      rows(rows_o, 8, false, "rows"), units(units_o, 8, false, "units"),
+      scales(scales_o, 2, false, "scales");
+  if (!(out.ok && x.ok && src.ok && rows.ok && units.ok && scales.ok)) return nullptr;
+  const int64_t d = x.count(), n = rows.count();
+  if (out.count() != d || units.count() != n || (bits != 8 && bits != 4) || d % 32 ||
+      cluster < 1 || stride < cluster * 3 * d * bits / 8) {
+    PyErr_SetString(PyExc_ValueError, "ffn_bundles: operands disagree in size");
+    return nullptr;
+  }
+  const auto* r = static_cast<const int64_t*>(rows.buf.buf);
+  const auto* u = static_cast<const int64_t*>(units.buf.buf);
+  const int64_t slots = src.count() / stride, scale_units = scales.count() / (3 * d / 32) / cluster;
+  for (int64_t i = 0; i < n; ++i) {
+    if (r[i] < 0 || r[i] >= slots || u[i] < 0 || u[i] >= scale_units) {
+      PyErr_SetString(PyExc_IndexError, "ffn_bundles: a row or unit is out of range");
+      return nullptr;
+    }
+  }
+  Py_BEGIN_ALLOW_THREADS;
+  pi2lab::BundleFfn(static_cast<const float*>(x.buf.buf), d,
+                    static_cast<const uint8_t*>(src.buf.buf), stride, r, u, n, cluster,
+                    static_cast<const uint16_t*>(scales.buf.buf), bits, kind, threshold,
+                    static_cast<float*>(out.buf.buf));
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "XLA FFI handlers by target name (PyCapsules)."},
     {"describe", Describe, METH_NOARGS, "The instruction sets the kernels run and the pool size."},
+    {"ffn_bundles", FfnBundles, METH_VARARGS,
+     "ffn_bundles(out, x, src, stride, rows, units, scales, cluster, bits, kind, threshold): "
+     "one FFN's output from quantized flash-layout units in place (see quant.h)."},
     {"set_isa", SetIsa, METH_VARARGS,
      "Runs the quantized kernels on the named instruction set (avx512vnni, avx2, portable) "
      "if this CPU has it; returns whether it does."},

@@ -492,10 +492,13 @@ class Accumulator {
       : fn_(bits == 8 ? isa.axpy8 : isa.axpy4), bits_(bits), out_(out), b0_(b0), nb_(b1 - b0) {}
   ~Accumulator() { Flush(); }
   void Add(float a, const QRows& w, int64_t n) {
+    Add(a, static_cast<const uint8_t*>(w.row(n)), w.scales(n));
+  }
+  void Add(float a, const uint8_t* row, const uint16_t* scales) {
     if (a == 0.0f) return;  // a silent neuron's row is never read
     group_.a[group_.n] = a;
-    group_.q[group_.n] = static_cast<const uint8_t*>(w.row(n)) + b0_ * kBlock * bits_ / 8;
-    group_.s[group_.n] = w.scales(n) + b0_;
+    group_.q[group_.n] = row + b0_ * kBlock * bits_ / 8;
+    group_.s[group_.n] = scales + b0_;
     if (++group_.n == kGroup) Flush();
   }
   void Flush() {
@@ -708,6 +711,36 @@ ffi::Error QSparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> expert,
 }
 
 }  // namespace
+
+void BundleFfn(const float* x, int64_t d, const uint8_t* src, int64_t stride,
+               const int64_t* rows, const int64_t* units, int64_t n, int64_t cluster,
+               const uint16_t* scales, int bits, int32_t kind, float threshold, float* out) {
+  const int64_t rb = d * bits / 8, nb = d / kBlock;
+  QuantizedX quantized;
+  quantized.Set(x, 1, d);
+  const QuantizedX& xq = quantized;
+  const Isa& isa = Current();
+  const int64_t neurons = n * cluster;
+  const int shares = Shares(neurons * rb * 2, neurons);
+  std::vector<float> partial(static_cast<size_t>(shares) * d, 0.0f);
+  float* parts = partial.data();
+  auto dot = bits == 8 ? isa.dot8 : isa.dot4;
+  GlobalPool().Run(shares, [&](int i) {
+    Accumulator acc(isa, bits, parts + i * d, 0, nb);
+    for (int64_t k = neurons * i / shares; k < neurons * (i + 1) / shares; ++k) {
+      const int64_t u = k / cluster, c = k % cluster;
+      const uint8_t* gate = src + rows[u] * stride + c * 3 * rb;  // gate, up, down rows
+      const uint16_t* s = scales + (units[u] * cluster + c) * 3 * nb;
+      const float g = dot(gate, s, xq.qt(0, d), xq.st(0, nb), xq.sumt(0, nb), nb);
+      const float up = dot(gate + rb, s + nb, xq.qt(0, d), xq.st(0, nb), xq.sumt(0, nb), nb);
+      acc.Add(Activate(g, up, kind, threshold), gate + 2 * rb, s + 2 * nb);
+    }
+  });
+  std::memcpy(out, parts, d * sizeof(float));
+  for (int i = 1; i < shares; ++i) {
+    for (int64_t j = 0; j < d; ++j) out[j] += parts[i * d + j];
+  }
+}
 
 const char* IsaName() { return Current().name; }
 
