@@ -68,7 +68,7 @@ def _kernel_lines(row: dict) -> list[str]:
     lines = [f"  kernels on a {row['matrix']} matrix (GB/s of weights):"]
     for name, r in row.items():
         if isinstance(r, dict):
-            lines.append(f"    {name:<16} {r['ms']:>7.2f} ms  {r['gb_per_s']:>5.1f} GB/s")
+            lines.append(f"    {name:<24} {r['ms']:>7.2f} ms  {r['gb_per_s']:>5.1f} GB/s")
         elif name != "matrix":
             lines.append(f"    {name}: {r} GB/s")
     return lines

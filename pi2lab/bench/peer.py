@@ -33,12 +33,14 @@ from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import MissingExtraError
+from pi2lab.ffi import bundle_ffn, native_built
 from pi2lab.kernels.sparse_ffn import sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.gguf import gguf_module, write_gguf
 from pi2lab.model.params import init_params, quantize_params
 from pi2lab.model.pretrained import load_config, resolve
 from pi2lab.plan.measure import median_seconds, memory_gbs
+from pi2lab.quant import format as qf
 from pi2lab.quant import ops
 from pi2lab.quant.format import KINDS
 
@@ -252,6 +254,43 @@ def kernel_bandwidth(quick: bool = False, runs: int = 7) -> dict:
         seconds = median_seconds(lambda fn=fn, v=v, m=m: fn(v, m).block_until_ready(), runs)
         nbytes = m.nbytes
         out[name] = {"ms": round(seconds * 1e3, 2), "gb_per_s": round(nbytes / seconds / 1e9, 1)}
+    if native_built():
+        out |= _bundle_bandwidth(w, x, runs)
+    return out
+
+
+def _bundle_bandwidth(w: np.ndarray, x, runs: int) -> dict:
+    """The offload engine's host FFN on 10% of one-neuron int4/int8 bundles (gate, up and down
+    rows of ``w``'s shape) lying in 4 KiB-aligned slots: the native kernel reading them in
+    place, against dequantizing them with NumPy first (the path without the kernels)."""
+    rng = np.random.default_rng(1)
+    f = w.shape[0]
+    x = np.asarray(x)
+    rows = np.sort(rng.choice(f, f // 10, replace=False))
+    out = {}
+    for kind in KINDS:
+        q, scales = qf.quantize(np.stack([w, w[::-1], w], axis=1), kind)  # [F, 3, D']
+        stride = -(-q[0].nbytes // 4096) * 4096
+        src = np.zeros((f, stride), np.uint8)
+        src[:, : q[0].nbytes] = q.reshape(f, -1).view(np.uint8)
+
+        def native(kind=kind, src=src, scales=scales):
+            bundle_ffn(x, src, rows, rows, scales, 1, qf.BITS[kind], "drelu", 0.0)
+
+        def numpy_path(kind=kind, src=src, scales=scales, q=q):
+            raw = src[rows, : q[0].nbytes].view(q.dtype).reshape(rows.size, 3, -1)
+            g, u, dn = np.moveaxis(qf.dequantize(raw, scales[rows], kind), 1, 0)
+            h = np.maximum(g @ x, 0) * np.maximum(u @ x, 0)
+            return h @ dn
+
+        read = rows.size * q[0].nbytes
+        for name, fn in (
+            (f"{kind} bundles, in place", native),
+            (f"{kind} bundles, NumPy", numpy_path),
+        ):
+            fn()
+            seconds = median_seconds(fn, runs)
+            out[name] = {"ms": round(seconds * 1e3, 2), "gb_per_s": round(read / seconds / 1e9, 1)}
     return out
 
 
