@@ -139,6 +139,14 @@ inline Pool& GlobalPool() {
   return pool;
 }
 
+// out [d] = the sum of the shares' partial outputs parts [shares, d].
+inline void SumShares(const float* parts, int shares, int64_t d, float* out) {
+  std::memcpy(out, parts, d * sizeof(float));
+  for (int s = 1; s < shares; ++s) {
+    for (int64_t j = 0; j < d; ++j) out[j] += parts[s * d + j];
+  }
+}
+
 inline float Activate(float g, float u, int32_t kind, float threshold) {
   switch (kind) {
     case kSilu:

@@ -703,10 +703,7 @@ ffi::Error QSparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> expert,
     }
   });
   float* o = out->typed_data();
-  std::memcpy(o, parts, d * sizeof(float));
-  for (int i = 1; i < shares; ++i) {
-    for (int64_t j = 0; j < d; ++j) o[j] += parts[i * d + j];
-  }
+  pi2lab::SumShares(parts, shares, d, o);
   return ffi::Error::Success();
 }
 
@@ -736,10 +733,7 @@ void BundleFfn(const float* x, int64_t d, const uint8_t* src, int64_t stride,
       acc.Add(Activate(g, up, kind, threshold), gate + 2 * rb, s + 2 * nb);
     }
   });
-  std::memcpy(out, parts, d * sizeof(float));
-  for (int i = 1; i < shares; ++i) {
-    for (int64_t j = 0; j < d; ++j) out[j] += parts[i * d + j];
-  }
+  pi2lab::SumShares(parts, shares, d, out);
 }
 
 const char* IsaName() { return Current().name; }

@@ -123,10 +123,7 @@ ffi::Error SparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> expert,
     RowRange(r, xs, rows * s / shares, rows * (s + 1) / shares, kind, threshold, parts + s * d);
   });
   float* o = out->typed_data();
-  std::memcpy(o, parts, d * sizeof(float));
-  for (int s = 1; s < shares; ++s) {
-    for (int64_t j = 0; j < d; ++j) o[j] += parts[s * d + j];
-  }
+  pi2lab::SumShares(parts, shares, d, o);
   return ffi::Error::Success();
 }
 
