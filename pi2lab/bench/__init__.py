@@ -61,6 +61,11 @@ def _peer_lines(name: str, row: dict) -> list[str]:
             f" MB/token  {r['implied_gb_per_s']:>5.1f} GB/s  (runs: {r['runs']})"
         )
     lines += [f"    {k}: {v}x" for k, v in row["ratios"].items()]
+    lines += [
+        f"    pi2lab sparse {tag} (10%) / dense {tag}: {r['speedup']:.2f}x, bytes bound "
+        f"{r['bytes_bound_speedup']:.2f}x ({r['fraction_of_bound']:.0%} of bound)"
+        for tag, r in row["sparse_vs_dense"].items()
+    ]
     return lines
 
 

@@ -212,6 +212,7 @@ def bench_model(
         ),
         "engines": engines,
         "ratios": _ratios(engines),
+        "sparse_vs_dense": _sparse_vs_dense(engines),
     }
 
 
@@ -229,6 +230,22 @@ RATIOS = [
 def _ratios(engines: dict) -> dict:
     rate = lambda k: engines[k]["tokens_per_s"]
     return {f"{a} / {b}": round(rate(a) / rate(b), 3) for a, b in RATIOS}
+
+
+def _sparse_vs_dense(engines: dict) -> dict:
+    """Each precision's sparse speed-up over pi2lab dense beside its bytes-touched bound (dense
+    weight bytes per token over sparse), and the fraction of the bound reached."""
+    out = {}
+    for tag in ("f32", "int8", "int4"):
+        dense, sparse = engines[f"pi2lab dense {tag}"], engines[f"pi2lab sparse {tag} (10%)"]
+        speedup = sparse["tokens_per_s"] / dense["tokens_per_s"]
+        bound = dense["weight_mb_per_token"] / sparse["weight_mb_per_token"]
+        out[tag] = {
+            "speedup": round(speedup, 3),
+            "bytes_bound_speedup": round(bound, 3),
+            "fraction_of_bound": round(speedup / bound, 3),
+        }
+    return out
 
 
 def kernel_bandwidth(quick: bool = False, runs: int = 7) -> dict:

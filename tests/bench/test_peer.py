@@ -60,3 +60,23 @@ def test_llama_cpp_and_pi2lab_agree_on_next_token_logits(tmp_path, tied):
     want = np.asarray(pl.dense_logits(model, tokens))
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_sparse_rows_sit_beside_their_bytes_bound():
+    from pi2lab.bench import format_table
+    from pi2lab.bench.peer import _sparse_vs_dense
+
+    engines = {}
+    for tag, dense_mb in (("f32", 800.0), ("int8", 212.5), ("int4", 112.5)):
+        engines[f"pi2lab dense {tag}"] = {"tokens_per_s": 10.0, "weight_mb_per_token": dense_mb}
+        engines[f"pi2lab sparse {tag} (10%)"] = {
+            "tokens_per_s": 25.0,
+            "weight_mb_per_token": dense_mb / 4,
+        }
+    rows = _sparse_vs_dense(engines)
+    assert set(rows) == {"f32", "int8", "int4"}
+    for r in rows.values():  # 2.5x measured against a 4x bound
+        assert r == {"speedup": 2.5, "bytes_bound_speedup": 4.0, "fraction_of_bound": 0.625}
+    row = {"shape": "s", "note": "n", "engines": {}, "ratios": {}, "sparse_vs_dense": rows}
+    text = format_table({"bench": "peer", "machine": {"backend": "cpu", "jax": "-"}, "m": row})
+    assert "sparse int4 (10%) / dense int4: 2.50x, bytes bound 4.00x (62% of bound)" in text
