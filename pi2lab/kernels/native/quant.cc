@@ -15,7 +15,10 @@
 // Products:
 //   dot form,  y[t, n] = sum_k x[t, k] w[n, k]: the activations are quantized to int8 per
 //              block of 32 (as llama.cpp does), each block's integer dot product is exact,
-//              and the blocks are summed in float with both scales.
+//              and the blocks are summed in float with both scales. For int4 weights the
+//              quantized activations are stored in pair order (see XPair): two blocks'
+//              low-nibble halves, then their high-nibble halves, so that one 32-byte load of
+//              weights serves two blocks without moving nibbles between lanes.
 //   axpy form, y[t, k] = sum_n x[t, n] w[n, k]: each row is dequantized on the fly and added
 //              with weight x[t, n]; rows whose weight is exactly zero are skipped (a silent
 //              neuron's down row is never read).
@@ -71,15 +74,29 @@ float DotQ8Portable(const void* w, const uint16_t* ws, const int8_t* xq, const f
   return acc;
 }
 
+// Where block b's activations lie in pair order: weights j < 16 (low nibbles) pair with
+// lo[j], weights j + 16 (high nibbles) with hi[j]. Blocks 2p and 2p+1 share 64 bytes: their
+// low halves, then their high halves; an odd last block keeps plain order.
+inline const int8_t* XPair(const int8_t* xq, int64_t b, int64_t nb, const int8_t** hi) {
+  if (b < nb - nb % 2) {
+    const int8_t* lo = xq + (b / 2) * 2 * kBlock + (b % 2) * 16;
+    *hi = lo + kBlock;
+    return lo;
+  }
+  *hi = xq + b * kBlock + 16;
+  return xq + b * kBlock;
+}
+
 float DotQ4Portable(const void* w, const uint16_t* ws, const int8_t* xq, const float* xs,
                     const int32_t* xsum, int64_t nb) {
   const uint8_t* q = static_cast<const uint8_t*>(w);
   float acc = 0.0f;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* p = q + b * 16;
-    const int8_t* x = xq + b * kBlock;
+    const int8_t* hi;
+    const int8_t* lo = XPair(xq, b, nb, &hi);
     int32_t s = 0;
-    for (int j = 0; j < 16; ++j) s += (p[j] & 0x0f) * x[j] + (p[j] >> 4) * x[j + 16];
+    for (int j = 0; j < 16; ++j) s += (p[j] & 0x0f) * lo[j] + (p[j] >> 4) * hi[j];
     s -= 8 * xsum[b];
     acc += static_cast<float>(s) * (HalfToFloat(ws[b]) * xs[b]);
   }
@@ -142,14 +159,12 @@ PI2LAB_AVX2 inline __m256 BlockQ8Avx2(const int8_t* q, const uint16_t* ws, const
   return _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(ws[i]) * xs[i]));
 }
 
+// An int4 row's odd last block (activations in plain order), without the nibbles' +8.
 PI2LAB_AVX2 inline __m256 BlockQ4Avx2(const uint8_t* q, const uint16_t* ws, const int8_t* xq,
-                                      const float* xs, const int32_t* xsum, int64_t i,
-                                      float* offset) {
+                                      const float* xs, int64_t i) {
   const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * kBlock));
   const __m256i p = DotU8S8Avx2(Nibbles(q + i * 16), xv);
-  const float d = _cvtsh_ss(ws[i]) * xs[i];
-  *offset += d * static_cast<float>(8 * xsum[i]);
-  return _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(ws[i]) * xs[i]));
 }
 
 PI2LAB_AVX2 float DotQ8Avx2(const void* w, const uint16_t* ws, const int8_t* xq,
@@ -165,17 +180,49 @@ PI2LAB_AVX2 float DotQ8Avx2(const void* w, const uint16_t* ws, const int8_t* xq,
   return Hsum(_mm256_add_ps(acc0, acc1));
 }
 
+// Blocks b and b+1 of an int4 row against activations in pair order: 8 int32 partial sums,
+// lanes 0-3 for block b and 4-7 for block b+1.
+PI2LAB_AVX2 inline __m256i PairQ4Avx2(const uint8_t* q, const int8_t* xq, int64_t b) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * 16));
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  const int8_t* x = xq + b * kBlock;
+  const __m256i lo = DotU8S8Avx2(_mm256_and_si256(raw, mask),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+  const __m256i hi = DotU8S8Avx2(_mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
+  return _mm256_add_epi32(lo, hi);
+}
+
+// Both blocks' scales d[b], d[b+1] spread over the pair's lanes.
+PI2LAB_AVX2 inline __m256 PairScales(const uint16_t* ws, const float* xs, int64_t b) {
+  return _mm256_set_m128(_mm_set1_ps(_cvtsh_ss(ws[b + 1]) * xs[b + 1]),
+                         _mm_set1_ps(_cvtsh_ss(ws[b]) * xs[b]));
+}
+
 PI2LAB_AVX2 float DotQ4Avx2(const void* w, const uint16_t* ws, const int8_t* xq,
                             const float* xs, const int32_t* xsum, int64_t nb) {
   const uint8_t* q = static_cast<const uint8_t*>(w);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   float offset = 0.0f;
   int64_t b = 0;
-  for (; b + 1 < nb; b += 2) {
-    acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, xsum, b, &offset));
-    acc1 = _mm256_add_ps(acc1, BlockQ4Avx2(q, ws, xq, xs, xsum, b + 1, &offset));
+  for (; b + 8 <= nb; b += 8) {
+    const __m256 d = _mm256_mul_ps(
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + b))),
+        _mm256_loadu_ps(xs + b));
+    for (int i = 0; i < 8; i += 4) {
+      const __m256 d0 = _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(i, i, i, i, i + 1, i + 1,
+                                                                         i + 1, i + 1));
+      const __m256 d1 = _mm256_permutevar8x32_ps(
+          d, _mm256_setr_epi32(i + 2, i + 2, i + 2, i + 2, i + 3, i + 3, i + 3, i + 3));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Avx2(q, xq, b + i)), d0, acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Avx2(q, xq, b + i + 2)), d1, acc1);
+    }
   }
-  if (b < nb) acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, xsum, b, &offset));
+  for (; b + 2 <= nb; b += 2) {
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Avx2(q, xq, b)), PairScales(ws, xs, b), acc0);
+  }
+  if (b < nb) acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, b));
+  for (int64_t i = 0; i < nb; ++i) offset += _cvtsh_ss(ws[i]) * xs[i] * static_cast<float>(8 * xsum[i]);
   return Hsum(_mm256_add_ps(acc0, acc1)) - offset;
 }
 
@@ -225,16 +272,6 @@ PI2LAB_VNNI inline __m256 BlockQ8Vnni(const int8_t* q, const uint16_t* ws, const
   return _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(_cvtsh_ss(ws[i]) * xs[i]));
 }
 
-PI2LAB_VNNI inline __m256 BlockQ4Vnni(const uint8_t* q, const uint16_t* ws, const int8_t* xq,
-                                      const float* xs, const int32_t* xsum, int64_t i,
-                                      float* offset) {
-  const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * kBlock));
-  const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), Nibbles(q + i * 16), xv);
-  const float d = _cvtsh_ss(ws[i]) * xs[i];
-  *offset += d * static_cast<float>(8 * xsum[i]);
-  return _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d));
-}
-
 // Eight blocks at a time, the scales are converted and multiplied as one vector and each
 // block's is moved into place with a lane permute (the per-block scalar path costs about as
 // much as the block's dot product itself).
@@ -269,6 +306,18 @@ PI2LAB_VNNI float DotQ8Vnni(const void* w, const uint16_t* ws, const int8_t* xq,
   return Hsum(_mm256_add_ps(acc0, acc1));
 }
 
+PI2LAB_VNNI inline __m256i PairQ4Vnni(const uint8_t* q, const int8_t* xq, int64_t b) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * 16));
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  const int8_t* x = xq + b * kBlock;
+  const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(raw, mask),
+                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+  return _mm256_dpbusd_epi32(p, _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
+}
+
+// Two blocks per step (activations in pair order): one 32-byte load of weights, two dpbusd,
+// one conversion and one fma for both blocks.
 PI2LAB_VNNI float DotQ4Vnni(const void* w, const uint16_t* ws, const int8_t* xq,
                             const float* xs, const int32_t* xsum, int64_t nb) {
   const uint8_t* q = static_cast<const uint8_t*>(w);
@@ -282,20 +331,21 @@ PI2LAB_VNNI float DotQ4Vnni(const void* w, const uint16_t* ws, const int8_t* xq,
     off = _mm256_fmadd_ps(
         d, _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xsum + b))),
         off);
-    for (int i = 0; i < 8; ++i) {
-      const __m256i xv =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + (b + i) * kBlock));
-      const __m256i p =
-          _mm256_dpbusd_epi32(_mm256_setzero_si256(), Nibbles(q + (b + i) * 16), xv);
-      if (i % 2 == 0) {
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), Lane(d, i), acc0);
-      } else {
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), Lane(d, i), acc1);
-      }
+    for (int i = 0; i < 8; i += 4) {
+      const __m256 d0 = _mm256_permutexvar_ps(
+          _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1), d);
+      const __m256 d1 = _mm256_permutexvar_ps(
+          _mm256_setr_epi32(i + 2, i + 2, i + 2, i + 2, i + 3, i + 3, i + 3, i + 3), d);
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Vnni(q, xq, b + i)), d0, acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Vnni(q, xq, b + i + 2)), d1, acc1);
     }
   }
   float tail = 0.0f;
-  for (; b < nb; ++b) acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, xsum, b, &tail));
+  for (; b + 2 <= nb; b += 2) {
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Vnni(q, xq, b)), PairScales(ws, xs, b), acc0);
+  }
+  if (b < nb) acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, b));
+  for (int64_t i = b - b % 8; i < nb; ++i) tail += _cvtsh_ss(ws[i]) * xs[i] * static_cast<float>(8 * xsum[i]);
   return Hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * Hsum(off) - tail;
 }
 
@@ -446,12 +496,13 @@ struct QRows {
   const uint16_t* scales(int64_t n) const { return s + n * blocks(); }
 };
 
-// Activations quantized per block of 32 to int8 (scale = max |x| / 127), with each block's sum.
+// Activations quantized per block of 32 to int8 (scale = max |x| / 127), with each block's sum;
+// for int4 weights stored in pair order (XPair).
 struct QuantizedX {
   std::vector<int8_t> q;
   std::vector<float> s;
   std::vector<int32_t> sum;
-  void Set(const float* x, int64_t t, int64_t k) {
+  void Set(const float* x, int64_t t, int64_t k, int bits) {
     const int64_t nb = k / kBlock;
     q.resize(t * k);
     s.resize(t * nb);
@@ -462,10 +513,15 @@ struct QuantizedX {
       for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
       const float d = amax / 127.0f;
       const float id = d > 0.0f ? 1.0f / d : 0.0f;
+      int8_t* row = q.data() + (b / nb) * k;
+      const int8_t* hi;
+      int8_t* lo = bits == 4 ? const_cast<int8_t*>(XPair(row, b % nb, nb, &hi))
+                             : row + (b % nb) * kBlock;
+      if (bits != 4) hi = lo + 16;
       int32_t total = 0;
       for (int j = 0; j < kBlock; ++j) {
         const int8_t v = static_cast<int8_t>(std::nearbyint(xb[j] * id));
-        q[b * kBlock + j] = v;
+        (j < 16 ? lo[j] : const_cast<int8_t*>(hi)[j - 16]) = v;
         total += v;
       }
       s[b] = d;
@@ -586,7 +642,7 @@ ffi::Error QDotImpl(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs weights, ffi::Re
   const int64_t total = first[m];
   // thread_local names are not captured by the workers' lambda: they use these references
   thread_local QuantizedX quantized;
-  quantized.Set(x.typed_data(), t, k);
+  quantized.Set(x.typed_data(), t, k, bits);
   const QuantizedX& xq = quantized;
   const Isa& isa = Current();
   const int shares = Shares(total * mats[0].row_bytes(), total);
@@ -678,7 +734,7 @@ ffi::Error QSparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> expert,
               cu = Rows(cuq, cus, d, bits), cdn = Rows(cdq, cds, d, bits);
   const int64_t hot0 = e * hot, cold0 = e * nc * c;
   thread_local QuantizedX quantized;
-  quantized.Set(x.typed_data(), 1, d);
+  quantized.Set(x.typed_data(), 1, d, bits);
   const QuantizedX& xq = quantized;
   const Isa& isa = Current();
   const int64_t rows = hot + static_cast<int64_t>(active_ids.size()) * c;
@@ -714,7 +770,7 @@ void BundleFfn(const float* x, int64_t d, const uint8_t* src, int64_t stride,
                const uint16_t* scales, int bits, int32_t kind, float threshold, float* out) {
   const int64_t rb = d * bits / 8, nb = d / kBlock;
   QuantizedX quantized;
-  quantized.Set(x, 1, d);
+  quantized.Set(x, 1, d, bits);
   const QuantizedX& xq = quantized;
   const Isa& isa = Current();
   const int64_t neurons = n * cluster;
