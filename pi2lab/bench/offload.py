@@ -38,6 +38,7 @@ from pi2lab.fileio import bench_dir
 from pi2lab.kernels.sparse_ffn import sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.kv_cache import KVCache
+from pi2lab.model.params import quantize_params
 from pi2lab.model.pretrained import data_dir, load_pretrained
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import Belady
@@ -45,7 +46,7 @@ from pi2lab.policies.registry import make_policy
 from pi2lab.predict.profile import ActivationTrace
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
-from pi2lab.storage.layout import FFN_KEYS, open_layout
+from pi2lab.storage.layout import FFN_KEYS, StorageDtype, open_layout
 
 ENGINE_RUNS = {  # name -> settings
     "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
@@ -61,25 +62,32 @@ SYNTHETIC_EXTRA = {  # one neuron per unit: gate-first applies
 }
 
 
-def synthetic_model(layers: int, seed: int = 0):
-    """``bench sparse``'s synthetic model with a tied LM head, as a flash layout written once
-    under :func:`pi2lab.fileio.bench_dir` (shared with ``bench planner``), with its Zipf firing
-    frequency ``[F]`` and sparse plan (one-neuron clusters)."""
+def synthetic_model(layers: int, seed: int = 0, dtype: StorageDtype = "int4"):
+    """``bench sparse``'s synthetic model with a tied LM head, as a flash layout with ``dtype``
+    bundles written once under :func:`pi2lab.fileio.bench_dir` (shared with ``bench
+    planner``), with its Zipf firing frequency ``[F]`` and sparse plan (one-neuron clusters)."""
     cfg = synthetic_config(layers, tie_word_embeddings=True)
     frequency = zipf_frequency(cfg.intermediate_size, density=0.1)
     plan = SparsePlan.from_frequency(
         np.broadcast_to(frequency, (layers, frequency.size)), cluster_size=1
     )
-    layout = synthetic_layout(cfg, plan, bench_dir() / f"synthetic-7b-{layers}l-f32", seed)
-    return layout, frequency, plan
+    path = bench_dir() / f"synthetic-7b-{layers}l-{dtype}"
+    return synthetic_layout(cfg, plan, path, seed, dtype), frequency, plan
 
 
-def synthetic_layout(cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int = 0):
+def synthetic_layout(
+    cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int = 0, dtype: StorageDtype = "f32"
+):
     """The synthetic model's flash layout at ``path``, written once (random normal weights,
-    std 0.02) and reused while it opens with the same config."""
+    std 0.02) and reused while it opens with the same config and bundle dtype."""
     try:
         layout = open_layout(path)
-        if layout.config == cfg and layout.plan == plan and layout.cluster_size == 1:
+        if (layout.config, layout.plan, layout.cluster_size, layout.dtype) == (
+            cfg,
+            plan,
+            1,
+            dtype,
+        ):
             return layout
     except StorageError:
         pass
@@ -105,7 +113,7 @@ def synthetic_layout(cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int =
             for _ in range(cfg.num_layers)
         ],
     }
-    return open_layout(convert(cfg, params, path, cluster_size=1, plan=plan))
+    return open_layout(convert(cfg, params, path, dtype=dtype, cluster_size=1, plan=plan))
 
 
 def replay_masks(rng, frequency: np.ndarray, plan: SparsePlan, steps: int) -> np.ndarray:
@@ -197,12 +205,18 @@ def units_from_clusters(plan: SparsePlan, clusters: np.ndarray, unit: int) -> np
     return np.concatenate([hot, np.repeat(clusters, per, axis=1)], axis=1)
 
 
-def _jax_sparse_rate(params, cfg, plan, masks: np.ndarray, prompt_len: int = 4) -> float:
-    """Tokens/s of in-memory JAX sparse decode (``sparse_decode_step``) on replayed masks."""
+def _jax_sparse_rate(
+    params, cfg, plan, masks: np.ndarray, weights: str | None = None, prompt_len: int = 4
+) -> float:
+    """Tokens/s of in-memory JAX sparse decode (``sparse_decode_step``) on replayed masks;
+    ``weights`` (``"int8"``, ``"int4"``) quantizes the sparse layout's FFN as the offload
+    engine's bundles are (the same kernels compute both)."""
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     cache = KVCache.zeros(cfg, 512)
     token, seconds = jnp.int32(1), []
     params = sparse_layout(params, plan)
+    if weights is not None:
+        params = quantize_params(params, weights)
     for t, m in enumerate(masks):
         preds = [{"clusters": jnp.asarray(x)} for x in m]
         t0 = time.perf_counter()

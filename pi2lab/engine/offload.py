@@ -41,8 +41,9 @@ from pi2lab.kernels.predictor import scores
 from pi2lab.kernels.sparse_ffn import cluster_activity
 from pi2lab.kernels.sparse_plan import ClusterPlan, SparsePlan
 from pi2lab.model import layers
+from pi2lab.model.params import quantize_params
 from pi2lab.model.pretrained import Model
-from pi2lab.model.transformer import attention_block
+from pi2lab.model.transformer import attention_block, lm_head
 from pi2lab.pipeline.scheduler import (
     Buffers,
     FfnStore,
@@ -53,6 +54,8 @@ from pi2lab.pipeline.scheduler import (
 from pi2lab.pipeline.timeline import Timeline
 from pi2lab.policies import Policy
 from pi2lab.policies.registry import make_policy, parse_policy
+from pi2lab.quant.format import KINDS
+from pi2lab.quant.ops import take_rows
 from pi2lab.storage.io import IOEngine, ReadRequest
 from pi2lab.storage.layout import FlashLayout, open_layout, predictor_layers, resident_params
 
@@ -121,11 +124,22 @@ class OffloadConfig:
         )
 
 
-def fixed_bytes(cfg, tensors: dict, kv_capacity: int) -> int:
-    """What the engine holds whatever the budget: the layout's resident tensors and a float32
-    KV cache of ``kv_capacity`` positions."""
+def resident_model(layout: FlashLayout, tensors: dict) -> dict:
+    """The parameter tree the engine holds (everything but the FFN bundles), from the layout's
+    resident ``tensors``: in the bundles' block format where those are int8/int4 (attention,
+    embeddings and LM head quantized alike, the whole model as a phone deploys it), float
+    otherwise."""
+    params = resident_params(layout, tensors)
+    return quantize_params(params, layout.dtype) if layout.dtype in KINDS else params
+
+
+def fixed_bytes(cfg, params: dict, tensors: dict, kv_capacity: int) -> int:
+    """What the engine holds whatever the budget: its resident ``params``
+    (:func:`resident_model`), the layout's other resident tensors (bundle scales, predictors,
+    checksums) and a float32 KV cache of ``kv_capacity`` positions."""
     kv = 2 * cfg.num_layers * kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
-    return sum(a.nbytes for a in tensors.values()) + kv
+    other = sum(a.nbytes for k, a in tensors.items() if "." in k and not k.startswith("layers."))
+    return sum(a.nbytes for a in jax.tree.leaves(params)) + other + kv
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"), donate_argnames=("k", "v"))
@@ -152,7 +166,7 @@ def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, delta, k, v,
 
 @jax.jit
 def _embed(embed, tokens):
-    return embed[tokens][None]
+    return take_rows(embed, tokens)[None]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -163,7 +177,7 @@ def _head(params, cfg, x, delta, last, key, pos, knobs):
         x[0, last] + delta[last].astype(x.dtype), params["final_norm"], cfg.rms_norm_eps
     )
     head = params["embed"] if cfg.tie_word_embeddings else params["lm_head"]
-    logits = jnp.einsum("d,vd->v", x, head).astype(jnp.float32)
+    logits = lm_head(x[None, None], head)[0, 0]
     return sample(logits, jax.random.fold_in(key, pos), knobs), logits
 
 
@@ -204,7 +218,7 @@ class OffloadEngine:
         if cfg.is_moe:
             raise ConfigError("offload engine: MoE layers are not supported yet")
         tensors = layout.resident()
-        self.params = jax.tree.map(jnp.asarray, resident_params(layout, tensors))
+        self.params = jax.tree.map(jnp.asarray, resident_model(layout, tensors))
         tok_file = layout.path / "tokenizer.json"
         self.model = Model(
             config=cfg,
@@ -231,7 +245,7 @@ class OffloadEngine:
                 "replayed cluster masks"
             )
         self.pipeline = config.pipeline_config()
-        fixed = fixed_bytes(cfg, tensors, config.kv_capacity)
+        fixed = fixed_bytes(cfg, self.params, tensors, config.kv_capacity)
         stage_rows = staging_rows(self.pipeline, layout.stride)
         staging_bytes = stage_rows * layout.stride
         n_ffn = len(layout.files)

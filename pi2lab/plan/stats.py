@@ -18,7 +18,7 @@ import tokenizers
 
 from pi2lab.budget import MemoryBudget
 from pi2lab.cache import simulate
-from pi2lab.engine.offload import OffloadConfig, OffloadEngine, fixed_bytes
+from pi2lab.engine.offload import OffloadConfig, OffloadEngine, fixed_bytes, resident_model
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig, staging_rows
@@ -93,7 +93,7 @@ def layout_stats(
     """Per-FFN statistics of ``layout`` under request masks ``[T, U]`` per FFN."""
     cfg = layout.config
     tensors = layout.resident()
-    fixed = fixed_bytes(cfg, tensors, kv_capacity)
+    fixed = fixed_bytes(cfg, resident_model(layout, tensors), tensors, kv_capacity)
     staging = staging_rows(PipelineConfig(depth=depth), layout.stride) * layout.stride
     u = layout.units
     caps = tuple(sorted({round(u * k / grid) for k in range(grid + 1)}))

@@ -1,7 +1,7 @@
-"""Offload from int8/int4 flash layouts: the engine computes the quantized units where they
-were read (native kernels), and gives the logits of in-memory sparse decode on the same
-quantized FFN weights; the NumPy path (dequantized copies, where the kernels are not built)
-gives the same tokens."""
+"""Offload from int8/int4 flash layouts: the engine holds its resident matrices in the bundles'
+format, computes the quantized units where they were read (native kernels), and gives the
+logits of in-memory sparse decode on the same quantized weights; the NumPy path (dequantized
+copies, where the kernels are not built) gives the same tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.ffi import native_built
 from pi2lab.kernels.sparse_plan import SparsePlan
+from pi2lab.model.params import quantize_params
 from pi2lab.pipeline import scheduler
 from pi2lab.quant import ops
 from tests.conftest import tiny_config
@@ -34,15 +35,9 @@ def flash(request, tmp_path_factory):
     params = jax.tree.map(np.asarray, model.params)
     convert(CFG, params, out, dtype=kind, cluster_size=4, predictors=preds, plan=plan)
     sparse = SparseDecoder(plan=plan, predictors=preds)
-    # in memory: float attention (resident on flash too) and the same quantized FFN rows
-    layers = [
-        {
-            k: ops.quantize(np.asarray(w), kind) if k.startswith(("hot_", "cold_")) else w
-            for k, w in p.items()
-        }
-        for p in sparse.layout(model.params)["layers"]
-    ]
-    return {**model.params, "layers": layers}, sparse, out
+    # in memory: the whole model quantized (the engine quantizes its resident matrices like
+    # the bundles, whose rows are the sparse layout's quantized rows)
+    return quantize_params(sparse.layout(model.params), kind), sparse, out
 
 
 def test_logits_match_in_memory_sparse_decode_on_the_same_weights(flash):
@@ -54,12 +49,13 @@ def test_logits_match_in_memory_sparse_decode_on_the_same_weights(flash):
         from pi2lab.engine.prefill import pad, prefill
 
         # the engine's prefill streams the FFN through NumPy in float32 (dequantized rows)
-        floats = jax.tree.map(
-            lambda w: ops.dequantize(w) if ops.is_quantized(w) else w,
-            params,
-            is_leaf=ops.is_quantized,
+        ffn_floats = [
+            {k: ops.dequantize(w) if k.startswith(("hot_", "cold_")) else w for k, w in p.items()}
+            for p in params["layers"]
+        ]
+        _, cache = prefill(
+            {**params, "layers": ffn_floats}, CFG, pad(PROMPT, 16), jnp.int32(6), cache
         )
-        _, cache = prefill(floats, CFG, pad(PROMPT, 16), jnp.int32(6), cache)
         ref_tok = jnp.int32(tok)
         for pos in range(6, 14):
             tok, logits = eng.step(tok, pos, key, knobs)
