@@ -46,6 +46,12 @@ def format_table(result: dict) -> str:
             lines += _peer_lines(name, row)
         elif isinstance(row, dict) and "engines" in row:
             lines += _offload_lines(name, row)
+        elif isinstance(row, dict) and "precisions" in row:
+            lines.append(f"  {name}: {row['note']}")
+            lines += [
+                _engine_line(f"{k} ({r['unit_kb']:g} KiB units)", r)
+                for k, r in row["precisions"].items()
+            ]
         elif isinstance(row, dict) and "plans" in row:
             lines += _planner_lines(name, row)
         elif name == "kernels":
@@ -99,15 +105,7 @@ def _offload_lines(name: str, row: dict) -> list[str]:
     lines = [
         f"  {name}: {row['model']}, FFN {row['ffn_mb']:.0f} MB in {row['unit_kb']:g} KiB units"
     ]
-    for engine, r in row["engines"].items():
-        if "ms_per_token" not in r:
-            lines.append(f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s")
-            continue
-        lines.append(
-            f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s  {r['mb_read_per_token']:>8.2f}"
-            f" MB read/token  hit {r['hit_rate']:.3f}  I/O share {r['io_share']:.3f}  "
-            f"memory {r['memory_mb']:.0f} MB"
-        )
+    lines += [_engine_line(engine, r) for engine, r in row["engines"].items()]
     lines += [f"    {k}: {v}" for k, v in row["ratios"].items()]
     lines.append(f"    policies at 50% (hit rate): {row['policies_at_50%']}")
     for p in row.get("storage_curve", []):
@@ -115,6 +113,16 @@ def _offload_lines(name: str, row: dict) -> list[str]:
             f"    storage {p['block_kb']:>6g} KiB x {p['threads']} threads: {p['mb_per_s']} MB/s"
         )
     return lines
+
+
+def _engine_line(engine: str, r: dict) -> str:
+    if "ms_per_token" not in r:
+        return f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s"
+    return (
+        f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s  {r['mb_read_per_token']:>8.2f}"
+        f" MB read/token ({r['reads_per_token']:g} reads of {r['kb_per_read']:g} KiB)  "
+        f"hit {r['hit_rate']:.3f}  I/O share {r['io_share']:.3f}  memory {r['memory_mb']:.0f} MB"
+    )
 
 
 def _planner_lines(name: str, row: dict) -> list[str]:

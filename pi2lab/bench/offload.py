@@ -165,6 +165,10 @@ def _summary(row: dict) -> dict:
         "ms_per_token": round(float(np.median(row["seconds"])) * 1e3, 2),
         "tokens": len(stats),
         "mb_read_per_token": round(float(np.mean([s.bytes_read for s in stats])) / 1e6, 3),
+        "reads_per_token": round(float(np.mean([s.reads for s in stats])), 1),
+        "kb_per_read": round(
+            sum(s.bytes_read for s in stats) / max(sum(s.reads for s in stats), 1) / 1024, 1
+        ),
         "hit_rate": round(hits / max(units, 1), 4),
         "io_share": round(float(np.median([s.io_share for s in stats])), 4),
         "memory_mb": round(row["memory_bytes"] / 1e6, 1),
@@ -258,9 +262,11 @@ def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
     }
 
 
-def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dict:
+def bench_synthetic(
+    steps: int, repeats: int, layers: int, seed: int = 0, dtype: StorageDtype = "int4"
+) -> dict:
     t0 = time.perf_counter()
-    layout, frequency, plan = synthetic_model(layers, seed)
+    layout, frequency, plan = synthetic_model(layers, seed, dtype)
     cfg = layout.config
     setup_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
@@ -270,17 +276,18 @@ def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dic
     engines = _run_engines(layout, runs, lambda b: blocks[b], steps, repeats, prompt)
     params = jax.tree.map(jnp.asarray, layout.full_params())
     all_masks = np.concatenate(blocks[1:])
+    quantized = dtype if dtype in ("int8", "int4") else None
     engines["in-memory JAX sparse decode"] = {
-        "tokens_per_s": _jax_sparse_rate(params, cfg, plan, all_masks[: max(steps, 6)])
+        "tokens_per_s": _jax_sparse_rate(params, cfg, plan, all_masks[: max(steps, 6)], quantized)
     }
     del params
     long = replay_masks(np.random.default_rng(seed + 2), frequency, plan, 256)
     unit_masks = [units_from_clusters(plan, long[:, i], 1) for i in range(min(layers, 2))]
     curve = measure_bandwidth(
-        layout.file_path(0), block_sizes=(4096, 49152, 1 << 20), threads=(1, 2), seconds=0.3
+        layout.file_path(0), block_sizes=(4096, 8192, 49152, 1 << 20), threads=(1, 2), seconds=0.3
     )
     return {
-        "model": f"synthetic dReLU, {layers} layers of 7B shape (4096/14336)",
+        "model": f"synthetic dReLU, {layers} layers of 7B shape (4096/14336), {dtype} bundles",
         "unit_kb": layout.stride / 1024,
         "ffn_mb": layout.ffn_bytes / 1e6,
         "hot_neurons": plan.layers[0].hot,
@@ -298,6 +305,22 @@ def bench_synthetic(steps: int, repeats: int, layers: int, seed: int = 0) -> dic
             for p in curve
         ],
     }
+
+
+def bench_precisions(steps: int, repeats: int, layers: int, seed: int = 0) -> dict:
+    """powerinfer2 at 50% on the synthetic model's f32, int8 and int4 layouts (same weights
+    before quantization, same replayed masks), one precision after another: bytes and reads
+    per token, I/O share and speed."""
+    rows = {}
+    for dtype in ("f32", "int8", "int4"):
+        layout, frequency, plan = synthetic_model(layers, seed, dtype)
+        rng = np.random.default_rng(seed + 1)
+        blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
+        run = {"powerinfer2": ENGINE_RUNS["powerinfer2"]}
+        prompt = np.arange(1, 5, dtype=np.int32)
+        row = _run_engines(layout, run, lambda b, blocks=blocks: blocks[b], steps, repeats, prompt)
+        rows[dtype] = {"unit_kb": layout.stride / 1024, **row["powerinfer2"]}
+    return rows
 
 
 def _ratios(engines: dict) -> dict:
@@ -329,4 +352,9 @@ def bench_offload(quick: bool = False, steps: int | None = None, layers: int | N
         syn = bench_synthetic(steps, repeats, layers or 4)
         syn["ratios"] = _ratios(syn["engines"])
         result["synthetic_7b"] = syn
+        result["synthetic_7b_precisions"] = {
+            "note": "powerinfer2 at 50% per bundle precision (f32, int8, int4 layouts of the "
+            "same weights, same masks), run one precision after another",
+            "precisions": bench_precisions(steps, repeats, layers or 4),
+        }
     return result

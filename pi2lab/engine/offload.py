@@ -190,6 +190,7 @@ class StepStats:
       units: Units computed, per layer.
       hits: Of those, cache hits, per layer.
       bytes_read: Bytes read from flash.
+      reads: Read requests issued to the device (after coalescing).
       io_share: Time blocked on reads over wall time.
     """
 
@@ -198,6 +199,7 @@ class StepStats:
     hits: list[int]
     bytes_read: int
     io_share: float
+    reads: int = 0
 
 
 class OffloadEngine:
@@ -471,5 +473,6 @@ class OffloadEngine:
             hits=hits,
             bytes_read=sum(r.io_bytes for r in self.io.log),
             io_share=self.timeline.io_share(),
+            reads=len(self.io.log),
         )
         return token, logits

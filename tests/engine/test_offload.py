@@ -141,6 +141,7 @@ def test_timeline_and_stats_describe_the_token(flash):
         )
         reads = [e for e in eng.timeline.events if e.stage == "read"]
         assert sum(e.nbytes for e in reads) == eng.last.bytes_read
+        assert len(reads) == eng.last.reads
 
 
 def test_io_error_mid_token_surfaces_and_the_engine_closes_and_reopens(flash, tmp_path):
