@@ -1,12 +1,14 @@
 """``pi2lab bench``: speed measured on this machine, side by side in one run.
 
-Every bench returns one dict (``--json`` prints it) holding every figure, with the machine
-described, so sweeps and scripts can read it.
+Every bench returns one dict holding every figure, with the machine, commit and package
+versions described; :mod:`pi2lab.bench.rows` flattens it into rows (``--output json|csv|md``)
+so sweeps and scripts read columns.
 """
 
 from __future__ import annotations
 
 from pi2lab.bench import dense, offload, peer, planner, sparse
+from pi2lab.bench.rows import provenance
 from pi2lab.errors import ConfigError
 
 
@@ -23,13 +25,18 @@ def run(what: str, **kwargs) -> dict:
     for name in ("steps", "layers"):
         if kwargs.get(name) is not None and kwargs[name] < 1:
             raise ConfigError(f"{name}={kwargs[name]}: expected at least 1")
-    return benches[what](**{k: v for k, v in kwargs.items() if v is not None})
+    meta = provenance()
+    return {
+        **benches[what](**{k: v for k, v in kwargs.items() if v is not None}),
+        "provenance": meta,
+    }
 
 
 def format_table(result: dict) -> str:
+    commit = result.get("provenance", {}).get("commit", "unknown")
     lines = [
         f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
-        f"jax {result['machine']['jax']})"
+        f"jax {result['machine']['jax']}, commit {commit})"
     ]
     for name, row in result.items():
         if isinstance(row, dict) and "tokens_per_s" in row:

@@ -1,4 +1,5 @@
-"""``pi2lab bench``: speed measured on this machine, side by side in one run."""
+"""``pi2lab bench``: speed measured on this machine, side by side in one run; ``bench compare``
+puts two runs' rows side by side."""
 
 from __future__ import annotations
 
@@ -6,20 +7,46 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (print figures; --json for one JSON object)")
-    p.add_argument("what", choices=["dense", "sparse", "offload", "planner", "peer"])
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (--output table|json|csv|md); `bench compare A.json B.json` prints the "
+        "ratio per row",
+    )
+    p.add_argument("what", choices=["dense", "sparse", "offload", "planner", "peer", "compare"])
+    p.add_argument("files", nargs="*", help="compare: two JSON files of earlier runs (A, B)")
     p.add_argument("--profile", default=None, help="planner: hardware profile (default: measure)")
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
     p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--output",
+        choices=["table", "json", "csv", "md"],
+        default="table",
+        help="table (for people), json (one object, flat rows inside), csv or md (the rows)",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --output json")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pi2lab import bench
+    from pi2lab.bench import rows
+    from pi2lab.errors import ConfigError
 
+    if args.what == "compare":
+        if len(args.files) != 2:
+            raise ConfigError(
+                f"bench compare: expected two JSON files (A B), got {len(args.files)}"
+            )
+        table = rows.compare(rows.load(args.files[0]), rows.load(args.files[1]))
+        print(
+            json.dumps(table) if args.json or args.output == "json" else rows.format_compare(table)
+        )
+        return 0
+    if args.files:
+        raise ConfigError(f"bench {args.what}: unexpected arguments {' '.join(args.files)}")
     extra = {"profile": args.profile} if args.what == "planner" else {}
     result = bench.run(args.what, quick=args.quick, steps=args.steps, layers=args.layers, **extra)
-    print(json.dumps(result) if args.json else bench.format_table(result))
+    fmt = "json" if args.json else args.output
+    print(bench.format_table(result) if fmt == "table" else rows.render(result, fmt))
     return 0
