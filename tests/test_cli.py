@@ -252,3 +252,20 @@ def test_help_lists_every_command_in_order():
         "reproduce",
         "simulate",
     ]
+
+
+def test_fidelity_reports_quantized_copies_against_float(capsys):
+    from pi2lab.model.pretrained import load_pretrained
+    from pi2lab.predict.fidelity import quantization_fidelity
+    from pi2lab.train.corpus import corpus_sequences
+
+    argv = ["fidelity", "--sequences", "1", "--length", "24", "--thresholds", "0"]
+    assert main([*argv, "--weights", "int8", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["quantized"]
+    m = load_pretrained("builtin")
+    seqs = corpus_sequences(m, "held_out", 1, 24)
+    want = quantization_fidelity(m, {"int8": load_pretrained("builtin", weights="int8")}, seqs)
+    assert got["int8"] == pytest.approx(want["int8"]) and got["tokens"] == want["tokens"] == 23
+    assert main([*argv, "--weights", "int4"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("int4: perplexity ") and "greedy agreement" in line

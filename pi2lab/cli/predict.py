@@ -34,6 +34,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--sequences", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--thresholds", type=float, nargs="+", default=[-1.0, 0.0, 1.0])
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        choices=["int8", "int4"],
+        default=[],
+        help="also the dense model quantized to these against float: perplexity change and "
+        "greedy agreement on the same text",
+    )
     cluster_size_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_fidelity)
@@ -84,8 +92,23 @@ def run_fidelity(args) -> int:
     model, sparse = load_for_engine(args.model, "sparse", 0.0, args.cluster_size)
     seqs = corpus_sequences(model, "held_out", args.sequences, args.length)
     rows = fidelity(model, sparse, seqs, args.thresholds)
+    quantized = {}
+    if args.weights:
+        from pi2lab.model.pretrained import load_pretrained
+        from pi2lab.predict.fidelity import quantization_fidelity
+
+        copies = {k: load_pretrained(args.model, weights=k) for k in args.weights}
+        quantized = quantization_fidelity(load_pretrained(args.model), copies, seqs)
     if args.json:
-        print(json.dumps({"tokens": int(sum(s.size for s in seqs)), "rows": rows}))
-    else:
-        print(format_fidelity(rows))
+        out = {"tokens": int(sum(s.size for s in seqs)), "rows": rows}
+        print(json.dumps(out | ({"quantized": quantized} if quantized else {})))
+        return 0
+    print(format_fidelity(rows))
+    for kind in args.weights:
+        q = quantized[kind]
+        print(
+            f"{kind}: perplexity {q['perplexity']:.4f} against float "
+            f"{quantized['perplexity_float']:.4f} ({q['perplexity_increase']:+.2%}), greedy "
+            f"agreement {q['greedy_agreement']:.1%} over {quantized['tokens']} tokens"
+        )
     return 0
