@@ -110,7 +110,7 @@ class ThresholdExplorer(ShowsErrors):
                 title=self._title(),
                 barmode="group",
                 xaxis=dict(title="layer", dtick=1),
-                yaxis=dict(title="share of neurons", range=[0, 1.05], tickformat=".0%"),
+                yaxis=dict(title="share", range=[0, 1.05], tickformat=".0%"),
             )
         )
         self.errors = widgets.Output()

@@ -158,7 +158,7 @@ def threshold_curves(
     curves: dict[str, np.ndarray],
     *,
     title: str = "Predictors against the threshold (mean over layers)",
-    yaxis_title: str = "share of neurons, mean over layers",
+    yaxis_title: str = "share, mean over layers",
 ) -> go.Figure:
     """Metric curves (shares in [0, 1], e.g. recall, precision, predicted-active fraction,
     each ``[n_thresholds]``) against the predictor threshold."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -27,6 +27,7 @@ from pi2lab.viz.cache_replay import (
     POLICIES,
     REPLAYED,
     belady_replay,
+    layer_unit_masks,
     policy_factory,
     policy_label,
     replay,
@@ -37,16 +38,31 @@ from pi2lab.viz.offload_figures import cache_by_layer, timeline_gantt
 
 
 class CacheExplorer(ShowsErrors):
-    """Budget, policy, segmentation and hot-fraction controls over a trace replay.
+    """Budget, policy, segmentation and hot-fraction controls over a trace replay, and the
+    cluster size when built with :meth:`from_trace`.
 
     ``masks`` are per-layer ``[T, U]`` unit masks of a recorded trace; every change replays
     them through the real policy code (:func:`pi2lab.cache.simulate`) and redraws hit rate and
     units read per layer, with Belady's optimum at the same budget as markers.
+
+    Attributes:
+      masks: The unit masks of the current cluster size.
     """
 
-    def __init__(self, masks: Sequence[np.ndarray], *, warmup: int = 0, budget: float = 0.25):
+    def __init__(
+        self,
+        masks: Sequence[np.ndarray],
+        *,
+        warmup: int = 0,
+        budget: float = 0.25,
+        masks_for: Callable[[int], Sequence[np.ndarray]] | None = None,
+        sizes: Sequence[int] = (),
+        cluster_size: int | None = None,
+    ):
         self.masks, self.warmup = list(masks), warmup
-        self._bound: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._masks_for = masks_for
+        self._masks = {cluster_size: self.masks}
+        self._bound: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         slider = dict(continuous_update=False, readout_format=".0%")
         self.budget = widgets.FloatSlider(
             value=budget, min=0.05, max=0.95, step=0.05, description="budget", **slider
@@ -60,14 +76,48 @@ class CacheExplorer(ShowsErrors):
         self.hot_fraction = widgets.FloatSlider(
             value=0.5, min=0.0, max=1.0, step=0.1, description="hot fraction", **slider
         )
+        self.cluster = widgets.Dropdown(
+            options=list(sizes) or [cluster_size],
+            value=cluster_size,
+            description="cluster size",
+            disabled=masks_for is None,
+        )
         rate, reads, b_rate, b_reads = self._data()
         self.figure = figure_widget(
             cache_by_layer(rate, reads, bound_hit_rate=b_rate, bound_reads=b_reads)
         )
         self.errors = widgets.Output()
-        for w in (self.budget, self.policy, self.segmented, self.hot_fraction):
+        for w in (self.budget, self.policy, self.segmented, self.hot_fraction, self.cluster):
             w.observe(self._update, names="value")
         self._sync_controls()
+
+    @classmethod
+    def from_trace(
+        cls,
+        trace,
+        plan,
+        tokens: int,
+        *,
+        sizes: Sequence[int],
+        cluster_size: int,
+        warmup: int = 0,
+        budget: float = 0.25,
+    ) -> CacheExplorer:
+        """An explorer over the first ``tokens`` tokens of an activation trace, with a cluster
+        size control over ``sizes`` (masks built on first use, by
+        :func:`~pi2lab.viz.cache_replay.layer_unit_masks`)."""
+
+        def masks_for(c: int):
+            return layer_unit_masks(trace, plan, c, tokens)
+
+        return cls(
+            masks_for(cluster_size),
+            warmup=warmup,
+            budget=budget,
+            masks_for=masks_for,
+            sizes=sizes,
+            cluster_size=cluster_size,
+        )
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Hit rate ``[L]`` and units read per token ``[L]`` for the current controls."""
@@ -79,11 +129,12 @@ class CacheExplorer(ShowsErrors):
         return replay(self.masks, factory, self.budget.value, self.warmup)
 
     def bound(self) -> tuple[np.ndarray, np.ndarray]:
-        """Belady's hit rate and reads ``[L]`` at the current budget (cached per budget)."""
+        """Belady's hit rate and reads ``[L]`` at the current budget and cluster size (cached)."""
         b = round(self.budget.value, 4)
-        if b not in self._bound:
-            self._bound[b] = belady_replay(self.masks, b, self.warmup)
-        return self._bound[b]
+        key = (self.cluster.value, b)
+        if key not in self._bound:
+            self._bound[key] = belady_replay(self.masks, b, self.warmup)
+        return self._bound[key]
 
     def label(self) -> str:
         if self.policy.value == "segmented":
@@ -98,7 +149,10 @@ class CacheExplorer(ShowsErrors):
         return {name: rate}, {name: reads}, b_rate, b_reads
 
     def _title(self) -> str:
-        return f"{self.label()} at a {self.budget.value:.0%} budget ({REPLAYED})"
+        c = "" if self.cluster.value is None else f", {self.cluster.value}-neuron units"
+        return f"{self.label()} at a {self.budget.value:.0%} budget{c}<br>" + (
+            f"<span style='font-size:12px'>{REPLAYED}</span>"
+        )
 
     def _sync_controls(self) -> None:
         seg = self.policy.value == "segmented"
@@ -108,6 +162,9 @@ class CacheExplorer(ShowsErrors):
 
     def _update(self, change=None) -> None:
         with self.showing_errors(), self.figure.batch_update():
+            if self._masks_for is not None and self.cluster.value not in self._masks:
+                self._masks[self.cluster.value] = list(self._masks_for(self.cluster.value))
+            self.masks = self._masks[self.cluster.value]
             rate, reads, b_rate, b_reads = self._data()
             bars, bounds = self.figure.data[0::2], self.figure.data[1::2]
             for bar, vals in zip(bars, (rate, reads), strict=True):
@@ -122,6 +179,7 @@ class CacheExplorer(ShowsErrors):
                 widgets.VBox([self.budget, self.policy]),
                 widgets.VBox([self.segmented, self.hot_fraction]),
             ]
+            + ([widgets.VBox([self.cluster])] if self._masks_for is not None else [])
         )
         return panel([controls, self.figure, self.errors])
 
