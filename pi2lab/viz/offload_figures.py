@@ -110,12 +110,17 @@ def _color(k: int) -> str:
 
 
 def timeline_gantt(
-    rows: Sequence[dict], *, title: str = "One decode token", subtitle: str = ""
+    rows: Sequence[dict],
+    *,
+    title: str = "One decode token",
+    subtitle: str = "",
+    simulated: bool = False,
 ) -> go.Figure:
     """Gantt chart of one token's events (:meth:`pi2lab.pipeline.timeline.Timeline.rows`):
     y is the thread (``compute``, ``io0``, ...), one bar per event coloured by stage, hover
     with layer, units and bytes. ``subtitle`` (the configuration, say) goes on a second,
-    smaller title line, so that a long description is not cut off."""
+    smaller title line, so that a long description is not cut off. ``simulated``: the events
+    are on the simulator's virtual clock (the x axis says so), not measured."""
     threads = sorted({r["thread"] for r in rows}, key=lambda t: (t != "compute", t))
     fig = go.Figure()
     stages = [s for s in STAGE_COLORS if any(r["stage"] == s for r in rows)]
@@ -144,6 +149,7 @@ def timeline_gantt(
         title=dict(text=text, x=0.01, xanchor="left"),
         margin=dict(t=90 if subtitle else 60),
         barmode="overlay",
-        xaxis_title="ms since the token started (measured)",
+        xaxis_title="ms since the token started "
+        + ("(SIMULATED, virtual clock)" if simulated else "(measured)"),
         yaxis=dict(categoryorder="array", categoryarray=threads[::-1], title="thread"),
     )
