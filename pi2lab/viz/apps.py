@@ -12,11 +12,13 @@ import contextlib
 import html
 
 import ipywidgets as widgets
+import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from pi2lab.viz.figures import PLACEMENTS, style
+from pi2lab.kernels.predictor import scores
+from pi2lab.viz.figures import PLACEMENTS, activation_raster, style
 
 ERROR_COLOR = "#c0392b"
 
@@ -187,3 +189,62 @@ class ClusterExplorer(ShowsErrors):
 
     def widget(self) -> widgets.Widget:
         return panel([widgets.HBox([self.size, self.placement]), self.figure, self.errors])
+
+
+class RasterExplorer(ShowsErrors):
+    """Layer and threshold controls over a tokens x neurons raster of which neurons fired and
+    which the predictor picked (:func:`pi2lab.viz.figures.activation_raster`).
+
+    ``predictors`` are the per-layer predictor weights (``Predictors.layers``), ``inputs`` and
+    ``masks`` what :func:`pi2lab.predict.predictor.collect` returns (``[N, D]`` residuals and
+    ``[N, F]`` fired masks per layer); the raster shows their first ``tokens`` rows. Scores are
+    computed once per layer; moving the threshold only re-compares them.
+    """
+
+    def __init__(self, predictors, inputs, masks, thresholds, *, tokens: int = 64):
+        self.predictors, self.tokens = list(predictors), tokens
+        self.inputs = [np.asarray(x)[:tokens] for x in inputs]
+        self.masks = [np.asarray(m, bool)[:tokens] for m in masks]
+        self._scores: dict[int, np.ndarray] = {}
+        self.thresholds = np.asarray(thresholds, float)
+        self.layer = widgets.IntSlider(
+            value=0, min=0, max=len(self.masks) - 1, description="layer", continuous_update=False
+        )
+        self.threshold = widgets.SelectionSlider(
+            options=[(f"{t:+.2f}", i) for i, t in enumerate(self.thresholds)],
+            value=int(np.argmin(np.abs(self.thresholds))),
+            description="threshold",
+            continuous_update=False,
+        )
+        self.errors = widgets.Output()
+        self.figure = figure_widget(self._figure())
+        self.layer.observe(self._update, names="value")
+        self.threshold.observe(self._update, names="value")
+
+    def scores(self, layer: int) -> np.ndarray:
+        """Predictor logits ``[tokens, F]`` of ``layer`` (cached)."""
+        if layer not in self._scores:
+            pred = self.predictors[layer]
+            self._scores[layer] = np.asarray(scores(pred, jnp.asarray(self.inputs[layer])))
+        return self._scores[layer]
+
+    def predicted(self) -> np.ndarray:
+        """``[tokens, F]``: the neurons predicted to fire at the current controls."""
+        return self.scores(self.layer.value) > self.thresholds[self.threshold.value]
+
+    def _figure(self) -> go.Figure:
+        fired, guess = self.masks[self.layer.value], self.predicted()
+        recall = (fired & guess).sum() / max(fired.sum(), 1)
+        title = (
+            f"Layer {self.layer.value} at threshold {self.thresholds[self.threshold.value]:+.2f}"
+            f": recall {recall:.0%}, {guess.mean():.0%} of neurons predicted, "
+            f"{fired.mean():.0%} fired"
+        )
+        return activation_raster(fired, guess, title=title)
+
+    def _update(self, change=None) -> None:
+        with self.showing_errors():
+            replace_figure(self.figure, self._figure())
+
+    def widget(self) -> widgets.Widget:
+        return panel([widgets.HBox([self.layer, self.threshold]), self.figure, self.errors])

@@ -244,3 +244,65 @@ def cluster_tradeoff(sweeps: list[list[dict]]) -> go.Figure:
         xaxis=dict(title="cluster size (neurons)", type="log", tickvals=sizes),
         yaxis=dict(title="share (mean over layers)", tickformat=".0%", range=[0, 1.05]),
     )
+
+
+# cell values of the raster: 0 neither, 1 predicted only, 2 missed, 3 fired and predicted
+RASTER_CLASSES = (
+    ("not predicted, did not fire", "#ffffff"),
+    ("predicted, did not fire (computed for nothing)", "#f5b041"),
+    ("fired, not predicted (missed)", "#c0392b"),
+    ("fired and predicted", "#2e86c1"),
+)
+
+
+def activation_raster(
+    fired: np.ndarray, predicted: np.ndarray, *, title: str = "Predicted against fired"
+) -> go.Figure:
+    """Tokens x neurons raster of one layer: ``fired`` and ``predicted`` ``[T, F]`` (bool),
+    each cell coloured by :data:`RASTER_CLASSES` (a legend entry per class).
+
+    Raises:
+      ConfigError: the two masks differ in shape or are not 2-D.
+    """
+    fired, predicted = np.asarray(fired, bool), np.asarray(predicted, bool)
+    if fired.ndim != 2 or fired.shape != predicted.shape:
+        raise ConfigError(
+            f"activation_raster: fired {fired.shape} and predicted {predicted.shape}: "
+            "expected two [tokens, neurons] masks of one shape"
+        )
+    z = predicted.astype(np.int8) + 2 * fired.astype(np.int8)  # [T, F]
+    n = len(RASTER_CLASSES)
+    scale = [
+        [edge, color]
+        for k, (_, color) in enumerate(RASTER_CLASSES)
+        for edge in (k / n, (k + 1) / n)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            customdata=np.array([c for c, _ in RASTER_CLASSES], dtype=object)[z],
+            hovertemplate="token %{y}, neuron %{x}: %{customdata}<extra></extra>",
+        )
+    )
+    for label, color in RASTER_CLASSES[1:]:  # legend swatches (white needs none)
+        share = float(np.mean(z == [c for c, _ in RASTER_CLASSES].index(label)))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker=dict(symbol="square", size=12, color=color),
+                name=f"{label}: {share:.1%}",
+            )
+        )
+    return style(
+        fig,
+        height=420,
+        title=title,
+        xaxis=dict(title="neuron (hot-first order)"),
+        yaxis=dict(title="token", autorange="reversed"),
+    )
