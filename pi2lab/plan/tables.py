@@ -10,6 +10,11 @@ def _num(x, fmt: str = ".2f", width: int = 8) -> str:
     return f"{'-' if x is None else format(x, fmt):>{width}}"
 
 
+def _times(x, fmt: str, width: int) -> str:
+    """A speed-up as ``3.3x``; ``n/a`` when there is none (no paper figure to divide by)."""
+    return f"{'n/a' if x is None else format(x, fmt) + 'x':>{width + 1}}"
+
+
 def format_decode_table(table: dict, digits: int = 2) -> str:
     """The decode table as text: simulated beside paper, ratio, then speed-ups and notes."""
     f = f".{digits}f"
@@ -33,10 +38,10 @@ def format_decode_table(table: dict, digits: int = 2) -> str:
     )
     for s in table["speedups"]:
         lines.append(
-            f"  {s['model_label']:<44} {_num(s['simulated_over_llama_cpp'], '.1f', 6)}x / "
-            f"{_num(s['paper_over_llama_cpp'], '.1f', 5)}x"
-            f"{_num(s['simulated_over_llmflash'], '.2f', 14)}x / "
-            f"{_num(s['paper_over_llmflash'], '.2f', 5)}x"
+            f"  {s['model_label']:<44} {_times(s['simulated_over_llama_cpp'], '.1f', 6)} / "
+            f"{_times(s['paper_over_llama_cpp'], '.1f', 5)}"
+            f"{_times(s['simulated_over_llmflash'], '.2f', 14)} / "
+            f"{_times(s['paper_over_llmflash'], '.2f', 5)}"
         )
     return "\n".join(lines)
 

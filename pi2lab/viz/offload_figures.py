@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from pi2lab.viz.cache_replay import REPLAYED
+from pi2lab.viz.figures import style
 
 STAGE_COLORS = {
     "attention": "#4c78a8",
@@ -69,11 +70,9 @@ def cache_by_layer(
                 col=col,
             )
     fig.update_xaxes(title_text="layer", dtick=1)
-    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=1)
-    fig.update_layout(
-        title=title, barmode="group", template="plotly_white", height=380, legend_orientation="h"
-    )
-    return fig
+    fig.update_yaxes(title_text="hit rate", range=[0, 1.05], tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(title_text="units per token", row=1, col=2)
+    return style(fig, height=380, title=title, barmode="group")
 
 
 def hit_rate_vs_budget(
@@ -93,17 +92,13 @@ def hit_rate_vs_budget(
                 line=dict(color="black", dash="dash") if is_bound else dict(color=_color(k)),
             )
         )
-    fig.update_layout(
-        title=f"Layer {layer}: hit rate against the cache budget ({REPLAYED})",
-        xaxis_title="cache budget (share of the layer's units)",
-        yaxis_title="hit rate",
-        xaxis_tickformat=".0%",
-        yaxis_tickformat=".0%",
-        yaxis_range=[0, 1.05],
-        template="plotly_white",
+    return style(
+        fig,
         height=380,
+        title=f"Layer {layer}: hit rate against the cache budget ({REPLAYED})",
+        xaxis=dict(title="cache budget (share of the layer's units)", tickformat=".0%"),
+        yaxis=dict(title="hit rate", tickformat=".0%", range=[0, 1.05]),
     )
-    return fig
 
 
 def _color(k: int) -> str:
@@ -114,10 +109,18 @@ def _color(k: int) -> str:
 # -- decode timeline --------------------------------------------------------------------------
 
 
-def timeline_gantt(rows: Sequence[dict], *, title: str = "One decode token") -> go.Figure:
+def timeline_gantt(
+    rows: Sequence[dict],
+    *,
+    title: str = "One decode token",
+    subtitle: str = "",
+    simulated: bool = False,
+) -> go.Figure:
     """Gantt chart of one token's events (:meth:`pi2lab.pipeline.timeline.Timeline.rows`):
     y is the thread (``compute``, ``io0``, ...), one bar per event coloured by stage, hover
-    with layer, units and bytes."""
+    with layer, units and bytes. ``subtitle`` (the configuration, say) goes on a second,
+    smaller title line, so that a long description is not cut off. ``simulated``: the events
+    are on the simulator's virtual clock (the x axis says so), not measured."""
     threads = sorted({r["thread"] for r in rows}, key=lambda t: (t != "compute", t))
     fig = go.Figure()
     stages = [s for s in STAGE_COLORS if any(r["stage"] == s for r in rows)]
@@ -139,13 +142,14 @@ def timeline_gantt(rows: Sequence[dict], *, title: str = "One decode token") -> 
                 ),
             )
         )
-    fig.update_layout(
-        title=title,
+    text = title + (f"<br><span style='font-size:12px'>{subtitle}</span>" if subtitle else "")
+    return style(
+        fig,
+        height=220 + 40 * len(threads),
+        title=dict(text=text, x=0.01, xanchor="left"),
+        margin=dict(t=90 if subtitle else 60),
         barmode="overlay",
-        xaxis_title="ms since the token started (measured)",
+        xaxis_title="ms since the token started "
+        + ("(SIMULATED, virtual clock)" if simulated else "(measured)"),
         yaxis=dict(categoryorder="array", categoryarray=threads[::-1], title="thread"),
-        template="plotly_white",
-        height=200 + 40 * len(threads),
-        legend_orientation="h",
     )
-    return fig

@@ -6,6 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from pi2lab.plan.paper import ENGINES
+from pi2lab.viz.figures import log_ticks, style
 
 SIM_COLOR, PAPER_COLOR = "#4c78a8", "#f58518"
 ENGINE_COLORS = {"powerinfer2": "#4c78a8", "llmflash": "#54a24b", "llama.cpp-mmap": "#e45756"}
@@ -61,15 +62,18 @@ def ablation_bars(table: dict) -> go.Figure:
             ),
         ]
     )
-    fig.update_layout(
+    values = [r[k] for r in table["rows"] for k in ("simulated_tokens_per_s", "paper_tokens_per_s")]
+    return style(
+        fig,
+        height=380,
         title=f"Ablation, Bamboo-7B on {table['device']} (SIMULATED vs paper)",
         barmode="group",
-        yaxis_type="log",
-        yaxis_title="decode tokens/s (log)",
-        template="plotly_white",
-        height=380,
+        yaxis=dict(
+            title="decode tokens/s (log)",
+            type="log",
+            **log_ticks(values),
+        ),
     )
-    return fig
 
 
 def memory_sweep_lines(sweep: dict) -> go.Figure:
@@ -97,16 +101,20 @@ def memory_sweep_lines(sweep: dict) -> go.Figure:
                 marker={"symbol": "star", "size": 13, "color": ENGINE_COLORS[p["engine"]]},
             )
         )
-    fig.update_layout(
-        title=f"{sweep['model']} on {sweep['device']}: tokens/s vs memory (SIMULATED; stars: "
-        "paper)",
-        xaxis_title="memory budget (GB)",
-        yaxis_title="decode tokens/s (log)",
-        yaxis_type="log",
-        template="plotly_white",
+    values = [p["simulated_tokens_per_s"] for p in sweep["points"]]
+    values += [p["paper_tokens_per_s"] for p in sweep["paper_points"]]
+    return style(
+        fig,
         height=420,
+        title=f"{sweep['model']} on {sweep['device']}: tokens/s vs memory<br>"
+        "<span style='font-size:12px'>SIMULATED lines; stars: the paper's points</span>",
+        xaxis_title="memory budget (GB)",
+        yaxis=dict(
+            title="decode tokens/s (log)",
+            type="log",
+            **log_ticks(values),
+        ),
     )
-    return fig
 
 
 __all__ = ["ablation_bars", "decode_table_figure", "memory_sweep_lines"]

@@ -30,6 +30,8 @@ from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import shape_minimum, simulate_decode
+from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure
+from pi2lab.viz.figures import style
 
 THIS_MACHINE = "this-machine"
 TERM_COLORS = {
@@ -198,17 +200,19 @@ def plan_figure(
             row=1,
             col=2,
         )
-    fig.update_xaxes(title_text="layer", dtick=1, row=1, col=1)
+    # one label per layer up to 16 layers, then every 2nd, 4th, ... (32 labels overlap)
+    fig.update_xaxes(title_text="layer", dtick=layer_dtick(units.size), row=1, col=1)
     fig.update_yaxes(title_text="units", row=1, col=1)
     fig.update_yaxes(title_text="ms", row=1, col=2)
-    fig.update_layout(
-        title=title,
-        barmode="stack",
-        template="plotly_white",
-        height=400,
-        legend_orientation="h",
-    )
-    return fig
+    return style(fig, height=400, title=title, barmode="stack")
+
+
+def layer_dtick(layers: int, most: int = 16) -> int:
+    """Tick step on a layer axis so that at most ``most`` layers are labelled: 1, 2, 4, ..."""
+    step = 1
+    while layers > most * step:
+        step *= 2
+    return step
 
 
 def speed_vs_budget(
@@ -247,16 +251,15 @@ def speed_vs_budget(
                 marker=dict(symbol="diamond", size=11, color=MEASURED_COLOR),
             )
         )
-    fig.update_layout(
-        title=title,
-        xaxis_title="budget: resident minimum + this share of the FFN bytes",
-        yaxis_title="tokens/s",
-        xaxis_tickformat=".0%",
-        yaxis_rangemode="tozero",
-        template="plotly_white",
+    return style(
+        fig,
         height=380,
+        title=title,
+        xaxis=dict(
+            title="budget: resident minimum + this share of the FFN bytes", tickformat=".0%"
+        ),
+        yaxis=dict(title="tokens/s", rangemode="tozero"),
     )
-    return fig
 
 
 def plan_table(chosen: ExecutionPlan, stats: ModelStats) -> str:
@@ -282,7 +285,7 @@ def plan_table(chosen: ExecutionPlan, stats: ModelStats) -> str:
 # -- app --------------------------------------------------------------------------------------
 
 
-class PlannerExplorer:
+class PlannerExplorer(ShowsErrors):
     """Budget, device profile and model controls over the planner (this machine) or the
     simulator (phone profiles).
 
@@ -341,7 +344,7 @@ class PlannerExplorer:
         self.table = widgets.HTML()
         self.errors = widgets.Output()
         self.result = self._compute()
-        self.figure = go.FigureWidget(self._figure())
+        self.figure = figure_widget(self._figure())
         self._summarise()
         for w in (self.share, self.profile, self.model):
             w.observe(self._update, names="value")
@@ -416,17 +419,13 @@ class PlannerExplorer:
         self.measure_button.disabled = self.simulated or self._measure is None
 
     def _redraw(self) -> None:
-        new = self._figure()
-        with self.figure.batch_update():
-            self.figure.data = []
-            self.figure.add_traces(list(new.data))
-            self.figure.layout = new.layout
+        replace_figure(self.figure, self._figure())
         self._summarise()
 
     def _update(self, change=None) -> None:
         if self._syncing:
             return
-        with self.errors:
+        with self.showing_errors():
             if change is not None and change["owner"] is self.profile:
                 self._syncing = True
                 try:
@@ -449,7 +448,7 @@ class PlannerExplorer:
         return tps
 
     def _on_measure(self, button=None) -> None:
-        with self.errors:
+        with self.showing_errors():
             self.measure_button.disabled = True
             try:
                 self.measure()
@@ -458,4 +457,4 @@ class PlannerExplorer:
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.profile, self.model, self.share, self.measure_button])
-        return widgets.VBox([controls, self.summary, self.figure, self.table, self.errors])
+        return panel([controls, self.summary, self.figure, self.table, self.errors])
