@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.bench.common import machine
-from pi2lab.bench.sparse import synthetic_config
+from pi2lab.bench.sparse import synthetic_config, synthetic_masks
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
 from pi2lab.convert import convert, convert_pretrained
@@ -43,6 +43,7 @@ from pi2lab.model.pretrained import data_dir, load_pretrained
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.policies import Belady
 from pi2lab.policies.registry import make_policy
+from pi2lab.predict.placement import coactivation_order
 from pi2lab.predict.profile import ActivationTrace
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
@@ -76,16 +77,22 @@ def synthetic_model(layers: int, seed: int = 0, dtype: StorageDtype = "int4"):
 
 
 def synthetic_layout(
-    cfg: ModelConfig, plan: SparsePlan, path: Path, seed: int = 0, dtype: StorageDtype = "f32"
+    cfg: ModelConfig,
+    plan: SparsePlan,
+    path: Path,
+    seed: int = 0,
+    dtype: StorageDtype = "f32",
+    unit: int = 1,
 ):
-    """The synthetic model's flash layout at ``path``, written once (random normal weights,
-    std 0.02) and reused while it opens with the same config and bundle dtype."""
+    """The synthetic model's flash layout at ``path`` (units of ``unit`` neurons), written once
+    (random normal weights, std 0.02) and reused while it opens with the same config, plan,
+    unit and bundle dtype."""
     try:
         layout = open_layout(path)
         if (layout.config, layout.plan, layout.cluster_size, layout.dtype) == (
             cfg,
             plan,
-            1,
+            unit,
             dtype,
         ):
             return layout
@@ -113,7 +120,30 @@ def synthetic_layout(
             for _ in range(cfg.num_layers)
         ],
     }
-    return open_layout(convert(cfg, params, path, dtype=dtype, cluster_size=1, plan=plan))
+    return open_layout(convert(cfg, params, path, dtype=dtype, cluster_size=unit, plan=plan))
+
+
+def coactivated_model(
+    layers: int, tokens: int, cluster_size: int = 4, seed: int = 0, fit: int = 1024
+):
+    """The synthetic model with co-activated firing (``bench sparse``'s latent groups of 64
+    neurons) as a flash layout of int4 units of ``cluster_size`` neurons: the hot block and the
+    cold neurons' co-activation order fitted on ``fit`` tokens, then cold-cluster masks
+    ``[tokens, L, NC]`` from later tokens (each layer its own). The weights
+    are random, so placing neurons in co-activation order is renumbering the masks' neurons;
+    the units on flash hold neurons that fire together."""
+    cfg = synthetic_config(layers, tie_word_embeddings=True)
+    f = cfg.intermediate_size
+    neurons = synthetic_masks("coactivated", f, 0.1, fit + tokens * layers, seed)
+    plan = SparsePlan.from_frequency(
+        np.broadcast_to(neurons[:fit].mean(0), (layers, f)), cluster_size=cluster_size
+    )
+    hot = plan.layers[0].hot
+    perm = coactivation_order(neurons[:fit], hot, cluster_size)
+    later = neurons[fit:, perm][:, hot:].reshape(tokens, layers, -1, cluster_size)
+    path = bench_dir() / f"synthetic-7b-{layers}l-int4-c{cluster_size}"
+    layout = synthetic_layout(cfg, plan, path, seed, "int4", unit=cluster_size)
+    return layout, later.any(-1)
 
 
 def replay_masks(rng, frequency: np.ndarray, plan: SparsePlan, steps: int) -> np.ndarray:
@@ -307,6 +337,33 @@ def bench_synthetic(
     }
 
 
+def bench_coactivated(steps: int, repeats: int, layers: int, cluster_size: int = 4) -> dict:
+    """The engines at 50% (and powerinfer2 at 60%, everything resident) on co-activated masks
+    with units of ``cluster_size`` co-activated neurons on flash."""
+    long = 256  # later tokens for the policy replay
+    layout, masks = coactivated_model(layers, (repeats + 1) * steps + long, cluster_size)
+    blocks = masks[:-long].reshape(repeats + 1, steps, *masks.shape[1:])
+    prompt = np.arange(1, 5, dtype=np.int32)
+    engines = _run_engines(layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt)
+    active = float(np.mean(blocks[1:]))
+    return {
+        "model": f"synthetic dReLU, {layers} layers of 7B shape, int4 bundles, co-activated "
+        f"masks (10%), {cluster_size}-neuron units in co-activation order ({active:.1%} of cold "
+        "units active)",
+        "unit_kb": layout.stride / 1024,
+        "ffn_mb": layout.ffn_bytes / 1e6,
+        "engines": engines,
+        "ratios": _ratios(engines),
+        "policies_at_50%": policy_hit_rates(
+            [
+                units_from_clusters(layout.plan, masks[-long:, i], cluster_size)
+                for i in range(min(layers, 2))
+            ],
+            layout.units // 2,
+        ),
+    }
+
+
 def bench_precisions(steps: int, repeats: int, layers: int, seed: int = 0) -> dict:
     """powerinfer2 at 50% on the synthetic model's f32, int8 and int4 layouts (same weights
     before quantization, same replayed masks), one precision after another: bytes and reads
@@ -352,6 +409,7 @@ def bench_offload(quick: bool = False, steps: int | None = None, layers: int | N
         syn = bench_synthetic(steps, repeats, layers or 4)
         syn["ratios"] = _ratios(syn["engines"])
         result["synthetic_7b"] = syn
+        result["synthetic_7b_coactivated"] = bench_coactivated(steps, repeats, layers or 4)
         result["synthetic_7b_precisions"] = {
             "note": "powerinfer2 at 50% per bundle precision (f32, int8, int4 layouts of the "
             "same weights, same masks), run one precision after another",
