@@ -34,7 +34,10 @@ What replaces the device (the model):
 - reads: ``io_threads`` FIFO servers; a read of ``b`` bytes (its 4 KiB-aligned span, as O_DIRECT
   reads it) keeps one server busy ``b * k / read_mbs(b, k)`` seconds for ``k`` I/O threads (the
   profile's rates are aggregate over ``k`` issuing threads), so a coalesced read of adjacent
-  units runs at the larger block's rate;
+  units runs at the larger block's rate. A profile with a flash model (the phones) has one
+  command queue: one server, each read taking ``b / read_mbs(b, k, span)`` with ``span`` the
+  address range of the FFN's file (one layer's, or one expert's, FFN: the reads of a layer
+  stay within it, as the paper's 128 MB benchmark range does);
 - gate-first: a gate fires with probability ``gate_fire_rate`` (default 0.8: the paper's gate,
   up and down co-activate ~80% of the time), drawn from a seeded generator; a silent gate
   drops the unit from the cache as the scheduler does;
@@ -264,11 +267,16 @@ def simulate_decode(
     used = fixed + stage_rows * stride + per_ffn * stride * shape.num_ffns
 
     k = pipe.io_threads
+    # a phone's flash has one command queue: one server whatever the issuing threads, each read
+    # over the address range of its FFN's file (the reads of a layer stay within it)
+    span = units * stride if bundled else 3 * units * (shape.unit_bytes // 3)
+    servers = 1 if profile.flash is not None else k
     rates: dict[int, float] = {}
 
     def read_rate(nbytes: int) -> float:
         if nbytes not in rates:
-            rates[nbytes] = nbytes * k / (profile.read_mbs(nbytes, k) * 1e6)
+            mbs = profile.read_mbs(nbytes, k, span=span)
+            rates[nbytes] = nbytes * servers / (mbs * 1e6)
         return rates[nbytes]
 
     per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
@@ -277,7 +285,7 @@ def simulate_decode(
         unit=shape.cluster_size * per_neuron / sparse,
         gate=shape.cluster_size * per_neuron / 3 / sparse,
         spans=phase_spans(stride, shape.gate_bytes, shape.unit_bytes, units),
-        servers=k,
+        servers=servers,
         coalesce=pipe.coalesce,
         read_rate=read_rate,
         per_read=read_overhead_s,

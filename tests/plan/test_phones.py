@@ -30,7 +30,7 @@ def test_oneplus12_published_figures():
     assert p.ram_bytes == 19_000_000_000
     assert p.dense_gbs < p.memory_gbs  # a fit above the memory bandwidth would be unphysical
     ace2 = builtin("oneplus-ace2")
-    assert "assumed" in ace2.sources["storage"]
+    assert "assumed" in ace2.sources["flash"]
     assert ace2.read_mbs(4096) < p.read_mbs(4096)
 
 
