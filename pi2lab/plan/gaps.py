@@ -62,7 +62,7 @@ def gap_note(r: SimResult, paper: float, profile: HardwareProfile) -> str:
         left, compute = t_paper - busy, "with the simulated compute "
     implied = f"~{mb / left:,.0f} MB/s" if left > 0 else "less than no time"
     if r.engine == "llama.cpp-mmap":
-        how = f"only the over-budget FFN, sequentially at {profile.sequential_mbs:,.0f} MB/s"
+        how = f"page faults of 128 KiB, page-cache hit rate {r.hit_rate:.1%}"
     elif r.hit_rate == 0:
         how = "no cache: every predicted neuron"
     elif r.engine == "llmflash":

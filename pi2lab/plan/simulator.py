@@ -41,9 +41,10 @@ What replaces the device (the model):
 - gate-first: a gate fires with probability ``gate_fire_rate`` (default 0.8: the paper's gate,
   up and down co-activate ~80% of the time), drawn from a seeded generator; a silent gate
   drops the unit from the cache as the scheduler does;
-- ``llama.cpp-mmap``: no predictor, dense FFN; the FFN bytes beyond the budget are re-read
-  every token at ``sequential_mbs`` with no overlap, then computed; the resident part is
-  computed at ``dense_gbs`` (GGUF blocks carry their scales, so they count as FFN bytes here).
+- ``llama.cpp-mmap``: no predictor, dense FFN, from a memory-mapped file through an LRU page
+  cache: page faults read 128 KiB read-around windows on the compute threads, no overlap
+  (:mod:`pi2lab.plan.mmap_baseline`; GGUF blocks carry their scales, so they count as FFN
+  bytes there). MoE: the trace says which experts each token runs.
 
 Left out: KV-cache reads in attention and their growth with context; thread contention between
 compute and I/O; predictor misses (the trace *is* what the predictor asked for); the paper's
@@ -212,21 +213,6 @@ def simulate_decode(
         raise ConfigError(f"warmup={warmup}: expected 0..{tokens - 1}")
     if plan is not None:
         plan.check(cfg)
-    args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s)
-    if engine == "llama.cpp-mmap":
-        return simulate_mmap(*args)
-    offload = OffloadConfig(
-        engine=engine,
-        memory_budget=0.0,
-        pipeline=pipeline,
-        policy=policy,
-        hot_fraction=hot_fraction,
-        hot_region=hot_region,
-    )
-    pipe = offload.pipeline_config()
-    if pipe.gate_first and not bundled:
-        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
-    check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
     if trace is None:
         trace = SyntheticTrace(
             density=shape.active_fraction,
@@ -245,6 +231,23 @@ def simulate_decode(
             f"simulate_decode: trace has {n_layers} layers; shape {shape.name!r} has "
             f"{cfg.num_layers}"
         )
+    if engine == "llama.cpp-mmap":
+        # dense: the trace only says which experts each token runs
+        routed = (lambda i: _layer_masks(trace, i, shape, tokens).any(-1)) if cfg.is_moe else None
+        args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup)
+        return simulate_mmap(*args, overhead_s, routed)
+    offload = OffloadConfig(
+        engine=engine,
+        memory_budget=0.0,
+        pipeline=pipeline,
+        policy=policy,
+        hot_fraction=hot_fraction,
+        hot_region=hot_region,
+    )
+    pipe = offload.pipeline_config()
+    if pipe.gate_first and not bundled:
+        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
+    check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
 
     # memory, as OffloadEngine: resident + KV, staging rows, then cache slots per FFN
     stride, units = shape.stride, shape.units
