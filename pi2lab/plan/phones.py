@@ -11,56 +11,53 @@ from pathlib import Path
 from pi2lab.errors import ConfigError
 from pi2lab.plan import paper
 from pi2lab.plan.hardware import FlashModel, HardwareProfile, StoragePoint
+from pi2lab.plan.shapes import get_shape
 
 PAPER = "PowerInfer-2 (arXiv 2406.06282)"
 _PAPER_MD = "arXiv 2406.06282"
 
 # Decode cost fitted once from the paper's in-memory decode speed (see _phone_compute_fit).
-_HIDDEN, _FFN, _LAYERS, _KV_WIDTH, _VOCAB = 4096, 14336, 32, 1024, 32000
-_INT4_BYTES_PER_WEIGHT = 7.5 * 1024 / (3 * 4096)  # one INT4 bundle: 7.5 KB for 3 x 4096
-_MIXTRAL_FFN_WEIGHTS = 32 * 8 * 3 * 4096 * 14336
-_MIXTRAL_PREDICTOR_BYTES = 2.6e9
-_ACTIVE_FFN = 0.10
+_FIT_SHAPE = "turbosparse-mistral-7b"
 _IN_MEMORY_TOK_S = paper.PAPER["in_memory_mistral"]
 _MULTI_ISSUE_LOSS = 0.40
+_MIB = 1 << 20
 
 BUILTIN_PROFILES = ("oneplus12", "oneplus-ace2")
 """Names :func:`builtin` accepts."""
 
 
 def _phone_compute_fit() -> tuple[float, str]:
-    """GB/s of weight bytes a OnePlus 12 decode step streams, from 12.5 tok/s in memory."""
-    attn = _LAYERS * (2 * _HIDDEN * _HIDDEN + 2 * _HIDDEN * _KV_WIDTH)
-    head = _VOCAB * _HIDDEN
-    ffn = _LAYERS * 3 * _HIDDEN * _FFN
-    b = _INT4_BYTES_PER_WEIGHT
-    pred_share = _MIXTRAL_PREDICTOR_BYTES / (_MIXTRAL_FFN_WEIGHTS * b)
-    weights = (attn + head + _ACTIVE_FFN * ffn) * b
-    predictors = pred_share * ffn * b
-    per_token = weights + predictors
+    """GB/s of weight bytes a OnePlus 12 decode step streams, from 12.5 tok/s in memory: the
+    bytes the simulator charges per token for the TurboSparse-Mistral-7B shape with every FFN
+    unit resident, times 12.5, so the simulator decodes that model in memory at the paper's
+    speed."""
+    shape = get_shape(_FIT_SHAPE)
+    c = shape.config
+    layers = c.num_layers
+    attn = layers * shape.attention_bytes()
+    preds = layers * shape.predictor_bytes()
+    per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
+    active = sum(shape.active_fraction) / layers
+    ffn = layers * active * c.intermediate_size * per_neuron
+    head = shape.head_bytes()
+    per_token = attn + preds + ffn + head
     gbs = per_token * _IN_MEMORY_TOK_S / 1e9
-    dense_all = (attn + head + ffn) * b
+    dense_all = attn + head + layers * c.intermediate_size * per_neuron
     text = (
         f"fitted once from {PAPER} v1 §2 (motivation): TurboSparse-Mistral-7B decodes ~"
         f"{_IN_MEMORY_TOK_S} tok/s in memory on the OnePlus 12 (PowerInfer-1 and LLM-in-a-Flash "
         f"alike, both sparse engines; §7.1: 'Mistral-7B' in figures = TurboSparse-Mistral-7B). "
-        f"Bytes per token: INT4 at {b} B/weight incl. scales (flash layout: a 3 x 4096 "
-        f"INT4 neuron bundle is 7.5 KB) x [attention {attn / 1e9:.3f}G + LM head "
-        f"{head / 1e9:.3f}G + "
-        f"{_ACTIVE_FFN:.0%} of FFN {ffn / 1e9:.3f}G weights (assumed: TurboSparse ~90% of "
-        f"neurons inactive)] = {weights / 1e9:.3f} GB, + predictors {predictors / 1e9:.3f} GB "
-        f"(assumed: the Mixtral-47B budget's share, 2.6 GB predictors / "
-        f"{_MIXTRAL_FFN_WEIGHTS * b / 1e9:.1f} GB INT4 FFN = {pred_share:.1%}, of Mistral's "
-        f"{ffn * b / 1e9:.2f} GB FFN) = {per_token / 1e9:.3f} GB/token; x {_IN_MEMORY_TOK_S} "
-        f"tok/s = {gbs:.1f} GB/s, used for dense and sparse alike (one published speed cannot "
-        f"separate them). A dense reading ({dense_all / 1e9:.2f} GB/token x 12.5 = "
-        f"{dense_all * _IN_MEMORY_TOK_S / 1e9:.1f} GB/s) exceeds the 43.9 GB/s memory bandwidth, "
-        f"so 12.5 tok/s is not a dense pass"
+        f"Bytes per token as the simulator charges them for the built-in {_FIT_SHAPE} shape "
+        f"(int4 with f16 scales per 64, pi2lab.plan.shapes): attention {attn / 1e9:.3f} GB + "
+        f"predictors {preds / 1e9:.3f} GB + {active:.0%} of the FFN neurons {ffn / 1e9:.3f} GB "
+        f"(TurboSparse: ~90% inactive) + LM head {head / 1e9:.3f} GB = {per_token / 1e9:.3f} "
+        f"GB/token; x {_IN_MEMORY_TOK_S} tok/s = {gbs:.1f} GB/s, used for dense and sparse alike "
+        f"(one published speed cannot separate them), so the simulator's in-memory speed for "
+        f"that shape is the paper's. A dense reading ({dense_all / 1e9:.2f} GB/token x "
+        f"{_IN_MEMORY_TOK_S} = {dense_all * _IN_MEMORY_TOK_S / 1e9:.1f} GB/s) exceeds the 43.9 "
+        "GB/s memory bandwidth, so 12.5 tok/s is not a dense pass"
     )
-    return round(gbs, 1), text
-
-
-_MIB = 1 << 20
+    return round(gbs, 2), text
 
 
 def _ufs_flash(scale: float = 1.0) -> FlashModel:
