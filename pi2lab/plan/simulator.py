@@ -48,9 +48,9 @@ What replaces the device (the model):
 
 Left out: KV-cache reads in attention and their growth with context; thread contention between
 compute and I/O; predictor misses (the trace *is* what the predictor asked for); the paper's
-NPU/CPU split and multiple compute threads (one compute thread); page-cache behaviour beyond
-"the budget's share stays"; prefill; storage queueing beyond FIFO servers; the time to submit a
-read or run the cache (zero on the virtual clock). MoE experts of a layer run one after
+NPU/CPU split and multiple compute threads (one compute thread whose rate is the phone's
+aggregate); prefill; storage queueing beyond FIFO servers; the time to submit a read or run the
+cache (zero on the virtual clock). MoE experts of a layer run one after
 another, routed experts read from the trace (an expert is routed when any of its units is
 needed).
 
