@@ -151,7 +151,8 @@ def layer_seconds(
     compute = n * b / sparse + reads * read_overhead_s
 
     def read(nbytes: float) -> float:
-        return nbytes / (profile.read_mbs(int(nbytes), pipe.io_threads) * 1e6)
+        span = int(layer.units * b)  # the FFN's file: the range its reads spread over
+        return nbytes / (profile.read_mbs(int(nbytes), pipe.io_threads, span=span) * 1e6)
 
     io = m * (read(b / 3) + layer.fires * read(2 * b / 3)) if pipe.gate_first else m * read(b)
     miss_compute = m * b / sparse

@@ -49,9 +49,12 @@ PAPER: dict = {
     "mixtral_19gb": {"powerinfer2": 11.68, "llmflash": 3.74, "llama.cpp-mmap": 0.55},
     "mixtral_half_ffn": 9.96,
     "in_memory_mistral": 12.5,  # motivation: TurboSparse-Mistral-7B in memory, OnePlus 12
+    "in_memory_over_llama_cpp": 2.24,  # models that fit: in-memory decode over llama.cpp
     "llmflash_io_share": 0.767,  # motivation: LLM in a Flash's I/O share of latency
 }
 """The paper's figures; tokens/s unless named otherwise."""
 
-TARGETS = {"within": 0.25, "over_llama_cpp": 15.0, "over_llmflash": (3.0, 5.0)}
-"""What a faithful reproduction would show (reported, never tuned toward)."""
+TARGETS = {"within": 0.25, "speedup_within": 0.35}
+"""What a faithful reproduction would show (reported, never tuned toward): PowerInfer-2's
+tokens/s within 25% of the paper's, its speed-ups over llama.cpp and LLM in a Flash within 35%
+of the paper's."""

@@ -10,68 +10,82 @@ from pathlib import Path
 
 from pi2lab.errors import ConfigError
 from pi2lab.plan import paper
-from pi2lab.plan.hardware import HardwareProfile, StoragePoint
+from pi2lab.plan.hardware import FlashModel, HardwareProfile, StoragePoint
+from pi2lab.plan.shapes import get_shape
 
 PAPER = "PowerInfer-2 (arXiv 2406.06282)"
 _PAPER_MD = "arXiv 2406.06282"
 
 # Decode cost fitted once from the paper's in-memory decode speed (see _phone_compute_fit).
-_HIDDEN, _FFN, _LAYERS, _KV_WIDTH, _VOCAB = 4096, 14336, 32, 1024, 32000
-_INT4_BYTES_PER_WEIGHT = 7.5 * 1024 / (3 * 4096)  # one INT4 bundle: 7.5 KB for 3 x 4096
-_MIXTRAL_FFN_WEIGHTS = 32 * 8 * 3 * 4096 * 14336
-_MIXTRAL_PREDICTOR_BYTES = 2.6e9
-_ACTIVE_FFN = 0.10
+_FIT_SHAPE = "turbosparse-mistral-7b"
 _IN_MEMORY_TOK_S = paper.PAPER["in_memory_mistral"]
 _MULTI_ISSUE_LOSS = 0.40
+_MIB = 1 << 20
 
 BUILTIN_PROFILES = ("oneplus12", "oneplus-ace2")
 """Names :func:`builtin` accepts."""
 
 
 def _phone_compute_fit() -> tuple[float, str]:
-    """GB/s of weight bytes a OnePlus 12 decode step streams, from 12.5 tok/s in memory."""
-    attn = _LAYERS * (2 * _HIDDEN * _HIDDEN + 2 * _HIDDEN * _KV_WIDTH)
-    head = _VOCAB * _HIDDEN
-    ffn = _LAYERS * 3 * _HIDDEN * _FFN
-    b = _INT4_BYTES_PER_WEIGHT
-    pred_share = _MIXTRAL_PREDICTOR_BYTES / (_MIXTRAL_FFN_WEIGHTS * b)
-    weights = (attn + head + _ACTIVE_FFN * ffn) * b
-    predictors = pred_share * ffn * b
-    per_token = weights + predictors
+    """GB/s of weight bytes a OnePlus 12 decode step streams, from 12.5 tok/s in memory: the
+    bytes the simulator charges per token for the TurboSparse-Mistral-7B shape with every FFN
+    unit resident, times 12.5, so the simulator decodes that model in memory at the paper's
+    speed."""
+    shape = get_shape(_FIT_SHAPE)
+    c = shape.config
+    layers = c.num_layers
+    attn = layers * shape.attention_bytes()
+    preds = layers * shape.predictor_bytes()
+    per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
+    active = sum(shape.active_fraction) / layers
+    ffn = layers * active * c.intermediate_size * per_neuron
+    head = shape.head_bytes()
+    per_token = attn + preds + ffn + head
     gbs = per_token * _IN_MEMORY_TOK_S / 1e9
-    dense_all = (attn + head + ffn) * b
+    dense_all = attn + head + layers * c.intermediate_size * per_neuron
     text = (
         f"fitted once from {PAPER} v1 §2 (motivation): TurboSparse-Mistral-7B decodes ~"
         f"{_IN_MEMORY_TOK_S} tok/s in memory on the OnePlus 12 (PowerInfer-1 and LLM-in-a-Flash "
         f"alike, both sparse engines; §7.1: 'Mistral-7B' in figures = TurboSparse-Mistral-7B). "
-        f"Bytes per token: INT4 at {b} B/weight incl. scales (flash layout: a 3 x 4096 "
-        f"INT4 neuron bundle is 7.5 KB) x [attention {attn / 1e9:.3f}G + LM head "
-        f"{head / 1e9:.3f}G + "
-        f"{_ACTIVE_FFN:.0%} of FFN {ffn / 1e9:.3f}G weights (assumed: TurboSparse ~90% of "
-        f"neurons inactive)] = {weights / 1e9:.3f} GB, + predictors {predictors / 1e9:.3f} GB "
-        f"(assumed: the Mixtral-47B budget's share, 2.6 GB predictors / "
-        f"{_MIXTRAL_FFN_WEIGHTS * b / 1e9:.1f} GB INT4 FFN = {pred_share:.1%}, of Mistral's "
-        f"{ffn * b / 1e9:.2f} GB FFN) = {per_token / 1e9:.3f} GB/token; x {_IN_MEMORY_TOK_S} "
-        f"tok/s = {gbs:.1f} GB/s, used for dense and sparse alike (one published speed cannot "
-        f"separate them). A dense reading ({dense_all / 1e9:.2f} GB/token x 12.5 = "
-        f"{dense_all * _IN_MEMORY_TOK_S / 1e9:.1f} GB/s) exceeds the 43.9 GB/s memory bandwidth, "
-        f"so 12.5 tok/s is not a dense pass"
+        f"Bytes per token as the simulator charges them for the built-in {_FIT_SHAPE} shape "
+        f"(int4 with f16 scales per 64, pi2lab.plan.shapes): attention {attn / 1e9:.3f} GB + "
+        f"predictors {preds / 1e9:.3f} GB + {active:.0%} of the FFN neurons {ffn / 1e9:.3f} GB "
+        f"(TurboSparse: ~90% inactive) + LM head {head / 1e9:.3f} GB = {per_token / 1e9:.3f} "
+        f"GB/token; x {_IN_MEMORY_TOK_S} tok/s = {gbs:.1f} GB/s, used for dense and sparse alike "
+        f"(one published speed cannot separate them), so the simulator's in-memory speed for "
+        f"that shape is the paper's. A dense reading ({dense_all / 1e9:.2f} GB/token x "
+        f"{_IN_MEMORY_TOK_S} = {dense_all * _IN_MEMORY_TOK_S / 1e9:.1f} GB/s) exceeds the 43.9 "
+        "GB/s memory bandwidth, so 12.5 tok/s is not a dense pass"
     )
-    return round(gbs, 1), text
+    return round(gbs, 2), text
 
 
-def _phone_storage(published: dict[int, float], scale: float = 1.0) -> tuple:
-    """1-thread points (published, or scaled and rounded to two significant figures) and
-    2-thread points at the paper's multi-issue loss."""
-    one = [
-        StoragePoint(block=b, threads=1, mb_per_s=r if scale == 1 else _sig2(r * scale))
-        for b, r in published.items()
-    ]
-    two = [
-        StoragePoint(block=p.block, threads=2, mb_per_s=_sig2(p.mb_per_s * (1 - _MULTI_ISSUE_LOSS)))
-        for p in one
-    ]
-    return tuple(one + two)
+def _ufs_flash(scale: float = 1.0) -> FlashModel:
+    """The UFS 4.0 read model from the paper's measurements; ``scale`` multiplies every rate
+    (rounded to two significant figures) for a device the paper did not measure."""
+
+    def r(x: float) -> float:
+        return x if scale == 1 else _sig2(x * scale)
+
+    return FlashModel(
+        random_4k=((128 * _MIB, r(_BIG)), (512 * _MIB, r(_RANGE_512))),
+        floor_4k_mbs=r(_IOPS_FLOOR),
+        cores={"big": r(_BIG), "mid": r(_MID), "little": r(_LITTLE)},
+        io_core="big",
+        large_block=_LARGE_BLOCK,
+        large_mbs=r(_LARGE_MBS),
+        multi_issue_loss=_MULTI_ISSUE_LOSS,
+    )
+
+
+def _phone_storage(flash: FlashModel) -> tuple:
+    """The flash model's rates within its first range, 1 and 2 issuing threads, at the
+    block sizes the paper measured (for tables and the cost model's default)."""
+    return tuple(
+        StoragePoint(block=b, threads=t, mb_per_s=round(flash.read_mbs(b, issuers=t), 1))
+        for t in (1, 2)
+        for b in (4096, 8192, 65536, _LARGE_BLOCK)
+    )
 
 
 def _sig2(x: float) -> float:
@@ -80,19 +94,28 @@ def _sig2(x: float) -> float:
 
 
 _BIG, _MID, _LITTLE = 1076.0, 1008.0, 762.0  # MB/s, 4 KB random reads by issuing core
-_UFS4_RANDOM = {4096: _BIG, 524288: 3500.0}
+_RANGE_512 = 850.0  # MB/s, 4 KB random reads within a 512 MB range ("under 850")
+_IOPS_FLOOR = 100_000 * 4096 / 1e6  # MB/s: ~100K random IOPS on a phone, at 4 KiB
+_LARGE_BLOCK, _LARGE_MBS = 524288, 3500.0  # 512 KB random reads
 _UFS4_SEQUENTIAL = 4000.0
 _UFS31_SEQUENTIAL = 2100.0
 _STORAGE_MODEL = (
-    "read_mbs interpolates log-linearly between the published block sizes and is flat "
-    "outside them; "
+    "Read model (pi2lab.plan.hardware.FlashModel): a read costs a command time plus its "
+    "transfer. 4 KB random reads from the big core: 1,076 MB/s within a 128 MB range, 850 MB/s "
+    "within 512 MB (the paper says 'under 850'; 850 taken), log-linear in the range between, and "
+    "past 512 MB falling on at the same ~113 MB/s per doubling (assumed: the paper says only "
+    "that a whole model file reads slower) down to a floor of 100K IOPS x 4 KiB = 410 MB/s (the "
+    "paper's phone random-IOPS figure). Issuing from a mid or little core adds the difference "
+    "of their 4 KB read times (1,008 and 762 MB/s). The transfer rate, ~3,560 MB/s, is fitted "
+    "so that a 512 KB read within 128 MB runs at 3,500 MB/s (assumed: that figure was taken "
+    "within the same range). "
 )
 _TWO_THREADS = (
-    f"2 threads: the 1-thread figure x {1 - _MULTI_ISSUE_LOSS:.1f}; {PAPER} v1 (I/O "
-    f"pipeline): issuing reads from several cores loses up to {_MULTI_ISSUE_LOSS:.0%} (UFS has "
-    "one command queue; PowerInfer-2 uses exactly one I/O thread); the stated upper bound of the "
-    "loss, "
-    "applied at every block size (assumed)"
+    f"One command queue: reads from several issuing threads are served one at a time, each "
+    f"slower by 1 / (1 - {_MULTI_ISSUE_LOSS:.1f}); {PAPER} v1 (I/O pipeline): issuing reads "
+    f"from several cores loses up to {_MULTI_ISSUE_LOSS:.0%} (UFS has one command queue; "
+    "PowerInfer-2 uses exactly one I/O thread); the stated upper bound of the loss, at every "
+    "block size (assumed). The storage points list the model's rates within 128 MB"
 )
 
 
@@ -109,8 +132,9 @@ def _oneplus12() -> HardwareProfile:
         memory_gbs=43.9,
         dense_gbs=compute,
         sparse_gbs=compute,
-        storage=_phone_storage(_UFS4_RANDOM),
+        storage=_phone_storage(_ufs_flash()),
         sequential_mbs=_UFS4_SEQUENTIAL,
+        flash=_ufs_flash(),
         sources={
             "cpu_threads": (
                 f"{PAPER} v1 §2: 8 cores, 1 big + 5 mid + 2 little. Assumed: PowerInfer-2 "
@@ -125,13 +149,13 @@ def _oneplus12() -> HardwareProfile:
             ),
             "dense_gbs": compute_src,
             "sparse_gbs": "same fit as dense_gbs: " + compute_src,
-            "storage": (
+            "storage": "the flash model's rates within a 128 MB range (see flash)",
+            "flash": (
                 f"{PAPER} v1 §2 (UFS 4.0 characterisation), {_PAPER_MD}: 1 thread: 4 KB random "
                 f"{_BIG:,.0f} MB/s issued from the big core within a 128 MB range (mid core "
                 f"{_MID:,.0f}, little {_LITTLE:,.0f}; ~1 GB/s overall; under 850 MB/s within a 512 "
-                "MB range, so spread-out flash files read slower); 512 KB random 3,500 MB/s. "
-                + _STORAGE_MODEL
-                + _TWO_THREADS
+                "MB range, so spread-out flash files read slower); 512 KB random 3,500 MB/s; "
+                "~100K random IOPS. " + _STORAGE_MODEL + _TWO_THREADS
             ),
             "sequential_mbs": (
                 f"{PAPER} v1 §2, {_PAPER_MD}: UFS 4.0 sequential reads 450 MB/s at 4 KB rising "
@@ -164,8 +188,9 @@ def _oneplus_ace2() -> HardwareProfile:
         memory_gbs=memory,
         dense_gbs=scaled_compute,
         sparse_gbs=scaled_compute,
-        storage=_phone_storage(_UFS4_RANDOM, ratio),
+        storage=_phone_storage(_ufs_flash(ratio)),
         sequential_mbs=_UFS31_SEQUENTIAL,
+        flash=_ufs_flash(ratio),
         sources={
             "cpu_threads": (
                 "assumed: the big and the 3 mid cores of the Snapdragon 8+ Gen 1 (Cortex-X2 + 3 "
@@ -182,9 +207,11 @@ def _oneplus_ace2() -> HardwareProfile:
                 "may make it lower still"
             ),
             "sparse_gbs": f"same as dense_gbs: {compute} x {dram:.3f} = {scaled_compute} GB/s",
-            "storage": (
-                "assumed: the OnePlus 12's UFS 4.0 random-read figures (4 KB 1,076, 512 KB 3,500 "
-                f"MB/s, {PAPER} v1 §2) x {ratio:.3f}, the ratio of UFS 3.1 to UFS 4.0 sequential "
+            "storage": "the flash model's rates within a 128 MB range (see flash)",
+            "flash": (
+                "assumed: the OnePlus 12's UFS 4.0 read model (4 KB 1,076 / 850 MB/s within 128 "
+                f"/ 512 MB, by core, 100K IOPS floor, 512 KB 3,500 MB/s, {PAPER} v1 §2) with "
+                f"every rate x {ratio:.3f}, the ratio of UFS 3.1 to UFS 4.0 sequential "
                 f"reads ({_UFS31_SEQUENTIAL:,.0f} / {_UFS4_SEQUENTIAL:,.0f} MB/s), rounded to two "
                 "significant figures; the paper gives no UFS 3.1 curve. "
                 + _STORAGE_MODEL

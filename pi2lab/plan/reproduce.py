@@ -7,9 +7,9 @@ the figure the paper reports (arXiv 2406.06282, :data:`pi2lab.plan.paper.PAPER`)
 
 Nothing here is tuned per row: every row runs the same engines with the same defaults on the same
 profile, and the only inputs are the built-in profiles and shapes. Where a simulated figure misses
-its target (PowerInfer-2 within +-25% of the paper, PowerInfer-2 over llama.cpp at least 15x, over
-LLM in a Flash 3-5x) the result carries a one-line note naming the assumption that drives the gap,
-with the numbers behind it.
+its target (PowerInfer-2 within +-25% of the paper, its speed-ups over llama.cpp and LLM in a
+Flash within +-35% of the paper's) the result carries a one-line note naming the assumption that
+drives the gap, with the numbers behind it.
 
 Every dict returned holds ``simulated: True``; keys holding simulated figures start with
 ``simulated_``, the paper's with ``paper_``. Units: tokens/s, bytes (``*_gb``: 1e9 bytes).
@@ -18,7 +18,6 @@ Every dict returned holds ``simulated: True``; keys holding simulated figures st
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 
 from pi2lab.pipeline.scheduler import PipelineConfig
@@ -104,7 +103,11 @@ def decode_table(
         runs = {
             "powerinfer2": pi2,
             "llama.cpp-mmap": simulate_decode(
-                model, profile, engine="llama.cpp-mmap", memory_bytes=pi2.memory_bytes, tokens=1
+                model,
+                profile,
+                engine="llama.cpp-mmap",
+                memory_bytes=pi2.memory_bytes,
+                tokens=tokens,
             ),
             "llmflash": simulate_decode(
                 model, profile, engine="llmflash", ffn_fraction=fraction, tokens=tokens
@@ -122,6 +125,7 @@ def decode_table(
             )
         speedups.append(_speedups(model, runs, paper, profile))
         notes += speedups[-1].pop("notes")
+    resident = in_memory(profile) if paper_table else None
     if paper_table:
         scale = compute_scale(profile)
         notes.append(
@@ -130,6 +134,14 @@ def decode_table(
             f"decodes it at ~{PAPER['in_memory_mistral']} tok/s (the profile's rates were fitted "
             f"from that figure; x{scale:.2f} is what remains of the difference, a diagnostic "
             "only)"
+        )
+        notes.append(
+            f"in memory, TurboSparse-Mistral-7B: PowerInfer-2 "
+            f"{resident['simulated_powerinfer2_tokens_per_s']:.1f} / llama.cpp "
+            f"{resident['simulated_llama_cpp_tokens_per_s']:.1f} tok/s = "
+            f"{resident['simulated_over_llama_cpp']:.2f}x simulated, where the paper reports "
+            f"{resident['paper_over_llama_cpp']}x in-memory decode over llama.cpp (model not "
+            "named there; llama.cpp computes every weight at the same fitted rate)"
         )
     return {
         "simulated": True,
@@ -141,6 +153,7 @@ def decode_table(
         "paper_source": SOURCE if paper_table else None,
         "rows": rows,
         "speedups": speedups,
+        "in_memory": resident,
         "notes": notes
         if paper_table
         else [
@@ -150,29 +163,52 @@ def decode_table(
     }
 
 
+def in_memory(
+    device: str | HardwareProfile = "oneplus12", model: str = "turbosparse-mistral-7b"
+) -> dict:
+    """The mostly-resident check: PowerInfer-2 (every FFN unit resident, compute only) and
+    llama.cpp (a page cache holding the whole file, after its first token) in memory, beside
+    the paper's in-memory figures (12.5 tok/s for TurboSparse-Mistral-7B; 2.24x over
+    llama.cpp)."""
+    profile = _profile(device)
+    pi2 = simulate_decode(model, profile, engine="powerinfer2", ffn_fraction=1.0, tokens=4)
+    cpp = simulate_decode(
+        model, profile, engine="llama.cpp-mmap", ffn_fraction=1.0, tokens=3, warmup=1
+    )
+    fast = 1.0 / busy_seconds(pi2)
+    return {
+        "simulated": True,
+        "model": model,
+        "simulated_powerinfer2_tokens_per_s": round(fast, 3),
+        "paper_powerinfer2_tokens_per_s": PAPER["in_memory_mistral"],
+        "simulated_llama_cpp_tokens_per_s": round(cpp.tokens_per_s, 3),
+        "simulated_over_llama_cpp": round(fast / cpp.tokens_per_s, 3),
+        "paper_over_llama_cpp": PAPER["in_memory_over_llama_cpp"],
+    }
+
+
 def _speedups(model, runs: dict, paper: dict, profile) -> dict:
     pi2 = runs["powerinfer2"].tokens_per_s
     out = {"simulated": True, "model": model, "model_label": MODELS.get(model, model), "notes": []}
+    within = TARGETS["speedup_within"]
     for other, key in (("llama.cpp-mmap", "over_llama_cpp"), ("llmflash", "over_llmflash")):
         sim = pi2 / runs[other].tokens_per_s
         pap = paper["powerinfer2"] / paper[other] if paper else None
+        ratio = sim / pap if pap else None
         out[f"simulated_{key}"] = round(sim, 3)
         out[f"paper_{key}"] = round(pap, 3) if pap else None
-        target = TARGETS[key]
-        lo, hi = target if isinstance(target, tuple) else (target, math.inf)
-        met = lo <= sim <= hi
+        out[f"{key}_ratio"] = round(ratio, 4) if ratio is not None else None
+        met = abs(ratio - 1) <= within if ratio is not None else None
         out[f"{key}_target_met"] = met
-        if not met:
+        if met is False:
             r = runs[other]
             out["notes"].append(
-                f"{MODELS.get(model, model)}: PowerInfer-2 / {ENGINES[other]} {sim:.1f}x "
-                f"(target {f'>= {lo:g}x' if hi == math.inf else f'{lo:g}-{hi:g}x'}"
-                f"{f', paper {pap:.1f}x' if pap else ''}): "
+                f"{MODELS.get(model, model)}: PowerInfer-2 / {ENGINES[other]} {sim:.1f}x, paper "
+                f"{pap:.1f}x (sim/paper {ratio:.2f}, target within +-{within:.0%}): "
                 + (
-                    f"mmap simulated re-reading only the over-budget "
-                    f"{r.bytes_per_token / 1e9:.2f} GB/token, sequentially at "
-                    f"{profile.sequential_mbs:,.0f} MB/s (the paper: past RAM size the page "
-                    "cache re-reads the whole model)"
+                    f"mmap simulated re-reading {r.bytes_per_token / 1e9:.2f} GB/token "
+                    f"(page-cache hit rate {r.hit_rate:.1%}) by 128 KiB faults on the compute "
+                    f"threads, {r.io_share:.0%} of token time"
                     if other == "llama.cpp-mmap"
                     else f"LLM in a Flash simulated waiting on reads {r.io_share:.0%} of token "
                     f"time vs the paper's {PAPER['llmflash_io_share']:.1%} I/O share (Mistral-7B)"
@@ -278,7 +314,7 @@ def memory_sweep(
                 profile,
                 engine=engine,
                 memory_bytes=int(g * 1e9),
-                tokens=1 if engine == "llama.cpp-mmap" else tokens,
+                tokens=tokens,
             )
             runs[g, engine] = r
             share = r.cache_units / get_shape(model).units
@@ -370,8 +406,8 @@ def reproduce(quick: bool = False, *, tokens: int | None = None) -> dict:
         "simulated": True,
         "powerinfer2_within_25pct": sum(r["target_met"] for r in pi2),
         "powerinfer2_rows": len(pi2),
-        "over_llama_cpp_met": sum(s["over_llama_cpp_target_met"] for s in d["speedups"]),
-        "over_llmflash_met": sum(s["over_llmflash_target_met"] for s in d["speedups"]),
+        "over_llama_cpp_met": sum(s["over_llama_cpp_target_met"] is True for s in d["speedups"]),
+        "over_llmflash_met": sum(s["over_llmflash_target_met"] is True for s in d["speedups"]),
         "speedup_rows": len(d["speedups"]),
         "ablation_monotone": all(
             a["simulated_tokens_per_s"] <= b["simulated_tokens_per_s"]

@@ -34,19 +34,23 @@ What replaces the device (the model):
 - reads: ``io_threads`` FIFO servers; a read of ``b`` bytes (its 4 KiB-aligned span, as O_DIRECT
   reads it) keeps one server busy ``b * k / read_mbs(b, k)`` seconds for ``k`` I/O threads (the
   profile's rates are aggregate over ``k`` issuing threads), so a coalesced read of adjacent
-  units runs at the larger block's rate;
+  units runs at the larger block's rate. A profile with a flash model (the phones) has one
+  command queue: one server, each read taking ``b / read_mbs(b, k, span)`` with ``span`` the
+  address range of the FFN's file (one layer's, or one expert's, FFN: the reads of a layer
+  stay within it, as the paper's 128 MB benchmark range does);
 - gate-first: a gate fires with probability ``gate_fire_rate`` (default 0.8: the paper's gate,
   up and down co-activate ~80% of the time), drawn from a seeded generator; a silent gate
   drops the unit from the cache as the scheduler does;
-- ``llama.cpp-mmap``: no predictor, dense FFN; the FFN bytes beyond the budget are re-read
-  every token at ``sequential_mbs`` with no overlap, then computed; the resident part is
-  computed at ``dense_gbs`` (GGUF blocks carry their scales, so they count as FFN bytes here).
+- ``llama.cpp-mmap``: no predictor, dense FFN, from a memory-mapped file through an LRU page
+  cache: page faults read 128 KiB read-around windows on the compute threads, no overlap
+  (:mod:`pi2lab.plan.mmap_baseline`; GGUF blocks carry their scales, so they count as FFN
+  bytes there). MoE: the trace says which experts each token runs.
 
 Left out: KV-cache reads in attention and their growth with context; thread contention between
 compute and I/O; predictor misses (the trace *is* what the predictor asked for); the paper's
-NPU/CPU split and multiple compute threads (one compute thread); page-cache behaviour beyond
-"the budget's share stays"; prefill; storage queueing beyond FIFO servers; the time to submit a
-read or run the cache (zero on the virtual clock). MoE experts of a layer run one after
+NPU/CPU split and multiple compute threads (one compute thread whose rate is the phone's
+aggregate); prefill; storage queueing beyond FIFO servers; the time to submit a read or run the
+cache (zero on the virtual clock). MoE experts of a layer run one after
 another, routed experts read from the trace (an expert is routed when any of its units is
 needed).
 
@@ -209,21 +213,6 @@ def simulate_decode(
         raise ConfigError(f"warmup={warmup}: expected 0..{tokens - 1}")
     if plan is not None:
         plan.check(cfg)
-    args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup, overhead_s)
-    if engine == "llama.cpp-mmap":
-        return simulate_mmap(*args)
-    offload = OffloadConfig(
-        engine=engine,
-        memory_budget=0.0,
-        pipeline=pipeline,
-        policy=policy,
-        hot_fraction=hot_fraction,
-        hot_region=hot_region,
-    )
-    pipe = offload.pipeline_config()
-    if pipe.gate_first and not bundled:
-        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
-    check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
     if trace is None:
         trace = SyntheticTrace(
             density=shape.active_fraction,
@@ -242,6 +231,23 @@ def simulate_decode(
             f"simulate_decode: trace has {n_layers} layers; shape {shape.name!r} has "
             f"{cfg.num_layers}"
         )
+    if engine == "llama.cpp-mmap":
+        # dense: the trace only says which experts each token runs
+        routed = (lambda i: _layer_masks(trace, i, shape, tokens).any(-1)) if cfg.is_moe else None
+        args = (shape, profile, memory_bytes, ffn_fraction, tokens, kv_capacity, warmup)
+        return simulate_mmap(*args, overhead_s, routed)
+    offload = OffloadConfig(
+        engine=engine,
+        memory_budget=0.0,
+        pipeline=pipeline,
+        policy=policy,
+        hot_fraction=hot_fraction,
+        hot_region=hot_region,
+    )
+    pipe = offload.pipeline_config()
+    if pipe.gate_first and not bundled:
+        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
+    check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
 
     # memory, as OffloadEngine: resident + KV, staging rows, then cache slots per FFN
     stride, units = shape.stride, shape.units
@@ -264,11 +270,16 @@ def simulate_decode(
     used = fixed + stage_rows * stride + per_ffn * stride * shape.num_ffns
 
     k = pipe.io_threads
+    # a phone's flash has one command queue: one server whatever the issuing threads, each read
+    # over the address range of its FFN's file (the reads of a layer stay within it)
+    span = units * stride if bundled else 3 * units * (shape.unit_bytes // 3)
+    servers = 1 if profile.flash is not None else k
     rates: dict[int, float] = {}
 
     def read_rate(nbytes: int) -> float:
         if nbytes not in rates:
-            rates[nbytes] = nbytes * k / (profile.read_mbs(nbytes, k) * 1e6)
+            mbs = profile.read_mbs(nbytes, k, span=span)
+            rates[nbytes] = nbytes * servers / (mbs * 1e6)
         return rates[nbytes]
 
     per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
@@ -277,7 +288,7 @@ def simulate_decode(
         unit=shape.cluster_size * per_neuron / sparse,
         gate=shape.cluster_size * per_neuron / 3 / sparse,
         spans=phase_spans(stride, shape.gate_bytes, shape.unit_bytes, units),
-        servers=k,
+        servers=servers,
         coalesce=pipe.coalesce,
         read_rate=read_rate,
         per_read=read_overhead_s,

@@ -32,16 +32,20 @@ def format_decode_table(table: dict, digits: int = 2) -> str:
             f"{_num(r['simulated_tokens_per_s'], f, 9)} {_num(r['paper_tokens_per_s'], 'g', 12)} "
             f"{_num(r['ratio'], '.2f', 9)}  {'' if met is None else ('met' if met else 'missed')}"
         )
-    lines.append(
-        f"  Speed-ups of PowerInfer-2 (SIMULATED / {src})    over llama.cpp (>= 15x)   "
-        "over LLM in a Flash (3-5x)"
-    )
+    lines.append(f"  Speed-ups of PowerInfer-2 (SIMULATED / {src}, sim/paper; target within +-35%)")
+    lines.append(f"  {'':<24} {'over llama.cpp':>27}   {'over LLM in a Flash':>27}")
+
+    def cell(s, key):
+        met = s[f"{key}_target_met"]
+        mark = "" if met is None else (" met" if met else " missed")
+        return (
+            f"{_times(s[f'simulated_{key}'], '.1f', 6)} / {_times(s[f'paper_{key}'], '.1f', 5)} "
+            f"{_num(s[f'{key}_ratio'], '.2f', 5)}{mark:<7}"
+        )
+
     for s in table["speedups"]:
         lines.append(
-            f"  {s['model_label']:<44} {_times(s['simulated_over_llama_cpp'], '.1f', 6)} / "
-            f"{_times(s['paper_over_llama_cpp'], '.1f', 5)}"
-            f"{_times(s['simulated_over_llmflash'], '.2f', 14)} / "
-            f"{_times(s['paper_over_llmflash'], '.2f', 5)}"
+            f"  {s['model_label']:<24} {cell(s, 'over_llama_cpp')}   {cell(s, 'over_llmflash')}"
         )
     return "\n".join(lines)
 
@@ -116,8 +120,9 @@ def format_reproduction(result: dict) -> str:
         *_notes(result["decode_oneplus_ace2"]["notes"]),
         "",
         f"Targets (SIMULATED): PowerInfer-2 within +-25% of the paper: "
-        f"{s['powerinfer2_within_25pct']}/{s['powerinfer2_rows']}; over llama.cpp >= 15x: "
-        f"{s['over_llama_cpp_met']}/{s['speedup_rows']}; over LLM in a Flash 3-5x: "
+        f"{s['powerinfer2_within_25pct']}/{s['powerinfer2_rows']}; speed-up over llama.cpp "
+        f"within +-35%: {s['over_llama_cpp_met']}/{s['speedup_rows']}; over LLM in a Flash "
+        "within +-35%: "
         f"{s['over_llmflash_met']}/{s['speedup_rows']}; ablation monotone: "
         f"{s['ablation_monotone']}",
     ]

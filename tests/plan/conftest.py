@@ -8,7 +8,7 @@ from tests.conftest import round_profile
 NUMERIC = [
     f.name
     for f in dataclasses.fields(HardwareProfile)
-    if f.name not in ("name", "description", "sources")
+    if f.name not in ("name", "description", "sources", "flash")
 ]
 
 

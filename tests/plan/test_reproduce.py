@@ -205,3 +205,24 @@ def test_cli_simulate_bad_budgets_name_the_flag(capsys):
     ):
         assert main(["simulate", *bad, "--tokens", "2"]) == 2
         assert capsys.readouterr().err == f"pi2lab simulate: error: {message}\n"
+
+
+def test_in_memory_check_against_hand_computation():
+    """In memory, llama.cpp computes every byte of its file once per token at dense_gbs (no
+    faults after the first token); PowerInfer-2's compute-only speed is the fitted 12.5."""
+    from pi2lab.plan.mmap_baseline import file_blocks
+    from pi2lab.plan.shapes import get_shape
+
+    prof = builtin("oneplus12")
+    got = rp.in_memory(prof)
+    file_bytes = sum(b for *_, b in file_blocks(get_shape("turbosparse-mistral-7b")))
+    assert got["simulated"] is True
+    assert got["simulated_llama_cpp_tokens_per_s"] == pytest.approx(
+        prof.dense_gbs * 1e9 / file_bytes, rel=1e-3
+    )
+    assert got["simulated_powerinfer2_tokens_per_s"] == pytest.approx(12.5, rel=0.01)
+    assert got["simulated_over_llama_cpp"] == pytest.approx(
+        got["simulated_powerinfer2_tokens_per_s"] / got["simulated_llama_cpp_tokens_per_s"],
+        rel=1e-3,
+    )
+    assert got["paper_over_llama_cpp"] == paper.PAPER["in_memory_over_llama_cpp"]
