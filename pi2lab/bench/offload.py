@@ -1,17 +1,21 @@
 """``pi2lab bench offload``: the offload engines side by side, reads bypassing the page cache.
 
 (a) the bundled model with its trained predictors, converted to a flash layout; (b) a
-synthetic dReLU model with 7B layer shapes (hidden 4096, FFN 14336) whose FFN bundles (f32,
-one neuron per 48 KiB unit, >= 2 GB) live in a real file, with neuron masks replayed from the
-Zipf-like firing profile of ``pi2lab bench sparse`` (neurons fire independently with their
-frequency, so a cache gains from the skew, not from token-to-token reuse).
+synthetic dReLU model with 7B layer shapes (hidden 4096, FFN 14336) whose FFN bundles (int4,
+one neuron per 8 KiB unit; attention and embeddings int4 too) live in a real file, with neuron
+masks replayed from the Zipf-like firing profile of ``pi2lab bench sparse`` (neurons fire
+independently with their frequency, so a cache gains from the skew, not from token-to-token
+reuse); (c) the same shapes with co-activated firing and units of 4 neurons placed in
+co-activation order, so that neurons that fire together are read together; (d) powerinfer2 on
+f32, int8 and int4 layouts of (b)'s weights, one after another.
 
 Per model, in one run with the engines interleaved block by block: tokens/s of ``powerinfer2``,
 ``llmflash`` and ``dense-stream`` at an FFN budget of 50%, ``powerinfer2`` at 60% and with
 everything resident (100%, the same compute path without reads), and the in-memory JAX sparse
-decode; bytes read per token, hit rate and I/O share of the critical path per engine; hit rate
-per cache policy replayed through the policy code on the same masks (with the Belady bound);
-and the storage bandwidth curve of the file the bundles are read from.
+decode on the same quantized weights; bytes and reads per token, hit rate and I/O share of the
+critical path per engine; hit rate per cache policy replayed through the policy code on the
+same masks (with the Belady bound); and the storage bandwidth curve of the file the bundles
+are read from.
 """
 
 from __future__ import annotations
@@ -243,8 +247,8 @@ def _jax_sparse_rate(
     params, cfg, plan, masks: np.ndarray, weights: str | None = None, prompt_len: int = 4
 ) -> float:
     """Tokens/s of in-memory JAX sparse decode (``sparse_decode_step``) on replayed masks;
-    ``weights`` (``"int8"``, ``"int4"``) quantizes the sparse layout's FFN as the offload
-    engine's bundles are (the same kernels compute both)."""
+    ``weights`` (``"int8"``, ``"int4"``) quantizes the sparse-layout model as the offload
+    engine holds a quantized layout (FFN rows, attention and embeddings; the same kernels)."""
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     cache = KVCache.zeros(cfg, 512)
     token, seconds = jnp.int32(1), []
