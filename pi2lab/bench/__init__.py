@@ -55,10 +55,12 @@ def format_table(result: dict) -> str:
             lines += _offload_lines(name, row)
         elif isinstance(row, dict) and "precisions" in row:
             lines.append(f"  {name}: {row['note']}")
-            lines += [
-                _engine_line(f"{k} ({r['unit_kb']:g} KiB units)", r)
-                for k, r in row["precisions"].items()
-            ]
+            for k, r in row["precisions"].items():
+                lines.append(_engine_line(f"{k} ({r['unit_kb']:g} KiB units)", r))
+                lines.append(
+                    f"      memory: accounted {r['engine_accounted_mb']:.0f} MB, resident "
+                    f"memory growth {r['engine_rss_growth_mb']:.0f} MB"
+                )
         elif isinstance(row, dict) and "plans" in row:
             lines += _planner_lines(name, row)
         elif name == "kernels":
@@ -113,6 +115,12 @@ def _offload_lines(name: str, row: dict) -> list[str]:
         f"  {name}: {row['model']}, FFN {row['ffn_mb']:.0f} MB in {row['unit_kb']:g} KiB units"
     ]
     lines += [_engine_line(engine, r) for engine, r in row["engines"].items()]
+    if row.get("memory_check"):
+        m = row["memory_check"]
+        lines.append(
+            f"    memory: the engines account for {m['accounted_mb']:.0f} MB; the process's "
+            f"resident memory grew {m['rss_growth_mb']:.0f} MB (all open, caches warm)"
+        )
     lines += [f"    {k}: {v}" for k, v in row["ratios"].items()]
     lines.append(f"    policies at 50% (hit rate): {row['policies_at_50%']}")
     for p in row.get("storage_curve", []):

@@ -21,6 +21,7 @@ are read from.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil
 
 from pi2lab.bench.common import machine
 from pi2lab.bench.sparse import synthetic_config, synthetic_masks
@@ -156,11 +158,20 @@ def replay_masks(rng, frequency: np.ndarray, plan: SparsePlan, steps: int) -> np
     return rng.random((steps, len(plan.layers), frequency.size - hot)) < frequency[hot:]
 
 
-def _run_engines(layout, runs: dict, masks_for, steps: int, repeats: int, prompt) -> dict:
+def _run_engines(
+    layout, runs: dict, masks_for, steps: int, repeats: int, prompt
+) -> tuple[dict, dict]:
     """Opens every engine, then decodes ``steps`` tokens with each in turn, ``repeats`` times
-    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None."""
+    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None.
+
+    Returns each engine's summary, and the memory the engines say they hold (all open, after
+    the warm-up block filled their caches) beside the process's resident memory growth since
+    before the first opened."""
     knobs, key = SamplingKnobs.make(), jax.random.key(0)
     engines, state, out = {}, {}, {}
+    gc.collect()  # what earlier runs left is freed before the baseline, not during
+    process = psutil.Process()
+    rss0, memory = process.memory_info().rss, {}
     try:
         first = masks_for(0)
         replay = None if first is None else [{"clusters": jnp.asarray(m)} for m in first[0]]
@@ -184,10 +195,15 @@ def _run_engines(layout, runs: dict, masks_for, steps: int, repeats: int, prompt
                         out[name]["seconds"].append(eng.last.seconds)
                         out[name]["stats"].append(eng.last)
                 state[name] = (pos, token)
+            if block == 0:
+                memory = {
+                    "accounted_mb": round(sum(e.memory_bytes for e in engines.values()) / 1e6, 1),
+                    "rss_growth_mb": round((process.memory_info().rss - rss0) / 1e6, 1),
+                }
     finally:
         for eng in engines.values():
             eng.close()
-    return {name: _summary(row) for name, row in out.items()}
+    return {name: _summary(row) for name, row in out.items()}, memory
 
 
 def _summary(row: dict) -> dict:
@@ -278,7 +294,7 @@ def _jax_sparse_rate(
 def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
     layout = open_layout(convert_pretrained("builtin", workdir / "pydoc-drelu"))
     prompt = load_pretrained("builtin").encode("Return the number of items in a sequence")
-    engines = _run_engines(layout, ENGINE_RUNS, lambda block: None, steps, repeats, prompt)
+    engines, memory = _run_engines(layout, ENGINE_RUNS, lambda b: None, steps, repeats, prompt)
     trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
     c = layout.cluster_size
     masks = [
@@ -290,6 +306,7 @@ def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
         "unit_kb": layout.stride / 1024,
         "ffn_mb": layout.ffn_bytes / 1e6,
         "engines": engines,
+        "memory_check": memory,
         "policies_at_50%": policy_hit_rates(masks, layout.units // 2),
         "policy_note": "hit rates replayed on 2048 tokens of the recorded held-out trace "
         "(every neuron's true activation, unit = any of its neurons fires)",
@@ -307,7 +324,7 @@ def bench_synthetic(
     blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
     prompt = np.arange(1, 5, dtype=np.int32)
     runs = {**ENGINE_RUNS, **SYNTHETIC_EXTRA}
-    engines = _run_engines(layout, runs, lambda b: blocks[b], steps, repeats, prompt)
+    engines, memory = _run_engines(layout, runs, lambda b: blocks[b], steps, repeats, prompt)
     params = jax.tree.map(jnp.asarray, layout.full_params())
     all_masks = np.concatenate(blocks[1:])
     quantized = dtype if dtype in ("int8", "int4") else None
@@ -328,6 +345,7 @@ def bench_synthetic(
         "density": 0.1,
         "layout_setup_s": round(setup_s, 1),
         "engines": engines,
+        "memory_check": memory,
         "policies_at_50%": policy_hit_rates(unit_masks, layout.units // 2),
         "storage_curve": [
             {
@@ -348,7 +366,7 @@ def bench_coactivated(steps: int, repeats: int, layers: int, cluster_size: int =
     layout, masks = coactivated_model(layers, (repeats + 1) * steps + long, cluster_size)
     blocks = masks[:-long].reshape(repeats + 1, steps, *masks.shape[1:])
     prompt = np.arange(1, 5, dtype=np.int32)
-    engines = _run_engines(layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt)
+    engines, memory = _run_engines(layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt)
     active = float(np.mean(blocks[1:]))
     return {
         "model": f"synthetic dReLU, {layers} layers of 7B shape, int4 bundles, co-activated "
@@ -357,6 +375,7 @@ def bench_coactivated(steps: int, repeats: int, layers: int, cluster_size: int =
         "unit_kb": layout.stride / 1024,
         "ffn_mb": layout.ffn_bytes / 1e6,
         "engines": engines,
+        "memory_check": memory,
         "ratios": _ratios(engines),
         "policies_at_50%": policy_hit_rates(
             [
@@ -379,8 +398,11 @@ def bench_precisions(steps: int, repeats: int, layers: int, seed: int = 0) -> di
         blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
         run = {"powerinfer2": ENGINE_RUNS["powerinfer2"]}
         prompt = np.arange(1, 5, dtype=np.int32)
-        row = _run_engines(layout, run, lambda b, blocks=blocks: blocks[b], steps, repeats, prompt)
+        row, memory = _run_engines(
+            layout, run, lambda b, blocks=blocks: blocks[b], steps, repeats, prompt
+        )
         rows[dtype] = {"unit_kb": layout.stride / 1024, **row["powerinfer2"]}
+        rows[dtype] |= {f"engine_{k}": v for k, v in memory.items()}
     return rows
 
 

@@ -15,6 +15,11 @@ def _times(x, fmt: str, width: int) -> str:
     return f"{'n/a' if x is None else format(x, fmt) + 'x':>{width + 1}}"
 
 
+def _ratio(x, width: int = 5) -> str:
+    """A simulated/paper ratio; ``n/a`` without a paper figure."""
+    return f"{'n/a' if x is None else format(x, '.2f'):>{width}}"
+
+
 def format_decode_table(table: dict, digits: int = 2) -> str:
     """The decode table as text: simulated beside paper, ratio, then speed-ups and notes."""
     f = f".{digits}f"
@@ -36,11 +41,11 @@ def format_decode_table(table: dict, digits: int = 2) -> str:
     lines.append(f"  {'':<24} {'over llama.cpp':>27}   {'over LLM in a Flash':>27}")
 
     def cell(s, key):
-        met = s[f"{key}_target_met"]
+        met = s.get(f"{key}_target_met")
         mark = "" if met is None else (" met" if met else " missed")
         return (
             f"{_times(s[f'simulated_{key}'], '.1f', 6)} / {_times(s[f'paper_{key}'], '.1f', 5)} "
-            f"{_num(s[f'{key}_ratio'], '.2f', 5)}{mark:<7}"
+            f"{_ratio(s.get(f'{key}_ratio'))}{mark:<7}"
         )
 
     for s in table["speedups"]:
