@@ -33,6 +33,21 @@ def figure_widget(fig: go.Figure) -> go.FigureWidget:
     return widget
 
 
+def share_slider(
+    value: float, description: str, lo: float = 0.0, hi: float = 1.0, step: float = 0.05
+) -> widgets.FloatSlider:
+    """A slider over a share, read out as a percentage, that redraws when released."""
+    return widgets.FloatSlider(
+        value=value,
+        min=lo,
+        max=hi,
+        step=step,
+        description=description,
+        readout_format=".0%",
+        continuous_update=False,
+    )
+
+
 def panel(children) -> widgets.VBox:
     """An app's box of controls, figure and outputs, as wide as the output area."""
     return widgets.VBox(list(children), layout=widgets.Layout(width="100%"))

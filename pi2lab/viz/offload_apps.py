@@ -22,7 +22,7 @@ from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.model.pretrained import resolve
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.storage.layout import FlashLayout, open_layout
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure
+from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
 from pi2lab.viz.cache_replay import (
     POLICIES,
     REPLAYED,
@@ -63,19 +63,14 @@ class CacheExplorer(ShowsErrors):
         self._masks_for = masks_for
         self._masks = {cluster_size: self.masks}
         self._bound: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        slider = dict(continuous_update=False, readout_format=".0%")
-        self.budget = widgets.FloatSlider(
-            value=budget, min=0.05, max=0.95, step=0.05, description="budget", **slider
-        )
+        self.budget = share_slider(budget, "budget", 0.05, 0.95)
         self.policy = widgets.Dropdown(
             options=[(policy_label(n), n) for n in POLICIES],
             value="segmented",
             description="policy",
         )
         self.segmented = widgets.Checkbox(value=True, description="segmentation (off: LRU)")
-        self.hot_fraction = widgets.FloatSlider(
-            value=0.5, min=0.0, max=1.0, step=0.1, description="hot fraction", **slider
-        )
+        self.hot_fraction = share_slider(0.5, "hot fraction", step=0.1)
         self.cluster = widgets.Dropdown(
             options=list(sizes) or [cluster_size],
             value=cluster_size,
@@ -311,19 +306,14 @@ class PipelineExplorer(ShowsErrors):
         self.engine = widgets.Dropdown(
             options=list(ENGINES), value="powerinfer2", description="engine"
         )
-        pct = dict(continuous_update=False, readout_format=".0%")
-        self.budget = widgets.FloatSlider(
-            value=0.5, min=0.1, max=1.0, step=0.05, description="FFN cached", **pct
-        )
+        self.budget = share_slider(0.5, "FFN cached", 0.1)
         self.policy = widgets.Dropdown(
             options=[("engine's default", ENGINE_DEFAULT)]
             + [(policy_label(n), n) for n in POLICIES],
             value=ENGINE_DEFAULT,
             description="policy",
         )
-        self.hot_fraction = widgets.FloatSlider(
-            value=0.5, min=0.0, max=1.0, step=0.1, description="hot fraction", **pct
-        )
+        self.hot_fraction = share_slider(0.5, "hot fraction", step=0.1)
         self.summary = widgets.HTML()
         self.errors = widgets.Output()
         self.run = self._decode()

@@ -30,7 +30,7 @@ from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import shape_minimum, simulate_decode
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure
+from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
 from pi2lab.viz.figures import style
 
 THIS_MACHINE = "this-machine"
@@ -323,15 +323,7 @@ class PlannerExplorer(ShowsErrors):
             phones = {name: builtin(name) for name in BUILTIN_PROFILES}
         self.profiles = {THIS_MACHINE: profile, **phones}
         self._syncing = False
-        self.share = widgets.FloatSlider(
-            value=share,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            description="FFN share",
-            readout_format=".0%",
-            continuous_update=False,
-        )
+        self.share = share_slider(share, "FFN share")
         self.profile = widgets.Dropdown(
             options=[("this machine (measured profile)", THIS_MACHINE)]
             + [(f"{name} (simulated)", name) for name in phones],

@@ -16,7 +16,7 @@ from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import SimEngine, simulate_decode
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure
+from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
 from pi2lab.viz.offload_figures import timeline_gantt
 from pi2lab.viz.planner import shape_budget
 
@@ -63,15 +63,7 @@ class SimulatorExplorer(ShowsErrors):
         self.engine = widgets.Dropdown(
             options=list(typing.get_args(SimEngine)), value="powerinfer2", description="engine"
         )
-        self.share = widgets.FloatSlider(
-            value=share,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            description="FFN share",
-            readout_format=".0%",
-            continuous_update=False,
-        )
+        self.share = share_slider(share, "FFN share")
         self.mode = widgets.ToggleButtons(
             options=[("engine's", DEFAULT)] + [(m, m) for m in ("none", "matrix", "cluster")],
             value=DEFAULT,

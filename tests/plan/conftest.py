@@ -2,7 +2,9 @@
 
 import dataclasses
 
+from pi2lab.config import ModelConfig
 from pi2lab.plan.hardware import HardwareProfile
+from pi2lab.plan.shapes import ModelShape
 from tests.conftest import round_profile
 
 NUMERIC = [
@@ -26,3 +28,21 @@ def toy(**overrides) -> HardwareProfile:
         sources={"memory_gbs": "made up"},
     )
     return round_profile(storage, **{**fields, **overrides})
+
+
+def moe_shape() -> ModelShape:
+    """A small Mixtral-like shape: 2 layers of 4 experts, top-2, 20% of neurons active."""
+    cfg = ModelConfig(
+        architecture="mixtral",
+        ffn_activation="drelu",
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=640,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    return ModelShape(name="moe", config=cfg, active_fraction=(0.2, 0.2))

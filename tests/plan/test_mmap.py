@@ -13,6 +13,7 @@ from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
 from tests.conftest import round_profile, tiny_shape
+from tests.plan.conftest import moe_shape
 
 PAGE = 4096
 
@@ -107,20 +108,7 @@ def test_faults_come_from_every_compute_thread():
 
 
 def test_moe_touches_only_routed_experts():
-    cfg = ModelConfig(
-        architecture="mixtral",
-        ffn_activation="drelu",
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=640,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        num_experts=4,
-        num_experts_per_tok=2,
-    )
-    shape = ModelShape(name="moe", config=cfg, active_fraction=(0.2, 0.2))
+    shape = moe_shape()
     trace = SyntheticTrace(density=0.2, units=640, layers=2, tokens=3, experts=4, top_k=2)
     r = simulate_decode(
         shape, flat(), engine="llama.cpp-mmap", ffn_fraction=0.0, trace=trace, tokens=3

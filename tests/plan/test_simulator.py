@@ -21,6 +21,7 @@ from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
 from pi2lab.policies import LRU
 from tests.conftest import round_profile, tiny_config, tiny_shape
+from tests.plan.conftest import moe_shape
 
 
 def phone(scale_storage: float = 1.0) -> HardwareProfile:
@@ -204,20 +205,7 @@ def test_llama_cpp_mmap_slower_than_powerinfer2_on_a_7b_shape():
 
 
 def test_moe_runs_routed_experts_only():
-    cfg = ModelConfig(
-        architecture="mixtral",
-        ffn_activation="drelu",
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=640,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        num_experts=4,
-        num_experts_per_tok=2,
-    )
-    shape = ModelShape(name="moe", config=cfg, active_fraction=(0.2, 0.2))
+    shape = moe_shape()
     trace = SyntheticTrace(density=0.2, units=640, layers=2, tokens=10, experts=4, top_k=2)
     r = simulate_decode(shape, phone(), ffn_fraction=0.5, trace=trace, tokens=10)
     per_token = sum(trace.layer(i).sum((1, 2)) for i in range(2))
