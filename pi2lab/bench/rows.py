@@ -120,7 +120,7 @@ def rows(result: dict) -> list[dict]:
                     "sd_tokens_per_s": round(sd, 4),
                     "n": len(samples),
                     "samples": ";".join(f"{s:g}" for s in samples),
-                    **{f"{k}": v for k, v in _scalars(entry).items() if k not in ("runs",)},
+                    **_scalars(entry),
                 }
             )
     return out

@@ -202,13 +202,16 @@ PI2LAB_AVX2 inline __m256 PairScales(const uint16_t* ws, const float* xs, int64_
 PI2LAB_AVX2 float DotQ4Avx2(const void* w, const uint16_t* ws, const int8_t* xq,
                             const float* xs, const int32_t* xsum, int64_t nb) {
   const uint8_t* q = static_cast<const uint8_t*>(w);
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float offset = 0.0f;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), off = _mm256_setzero_ps();
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
     const __m256 d = _mm256_mul_ps(
         _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + b))),
         _mm256_loadu_ps(xs + b));
+    // the nibbles' +8: 8 * d * sum(x) per block
+    off = _mm256_fmadd_ps(
+        d, _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xsum + b))),
+        off);
     for (int i = 0; i < 8; i += 4) {
       const __m256 d0 = _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(i, i, i, i, i + 1, i + 1,
                                                                          i + 1, i + 1));
@@ -222,8 +225,9 @@ PI2LAB_AVX2 float DotQ4Avx2(const void* w, const uint16_t* ws, const int8_t* xq,
     acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(PairQ4Avx2(q, xq, b)), PairScales(ws, xs, b), acc0);
   }
   if (b < nb) acc0 = _mm256_add_ps(acc0, BlockQ4Avx2(q, ws, xq, xs, b));
-  for (int64_t i = 0; i < nb; ++i) offset += _cvtsh_ss(ws[i]) * xs[i] * static_cast<float>(8 * xsum[i]);
-  return Hsum(_mm256_add_ps(acc0, acc1)) - offset;
+  float tail = 0.0f;
+  for (int64_t i = nb - nb % 8; i < nb; ++i) tail += _cvtsh_ss(ws[i]) * xs[i] * static_cast<float>(8 * xsum[i]);
+  return Hsum(_mm256_add_ps(acc0, acc1)) - 8.0f * Hsum(off) - tail;
 }
 
 PI2LAB_AVX2 void AxpyQ8Avx2(float a, const void* w, const uint16_t* ws, float* out,
