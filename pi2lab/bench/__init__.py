@@ -114,6 +114,8 @@ def _offload_lines(name: str, row: dict) -> list[str]:
     lines = [
         f"  {name}: {row['model']}, FFN {row['ffn_mb']:.0f} MB in {row['unit_kb']:g} KiB units"
     ]
+    if "prefetch_note" in row:
+        lines.append(f"    ({row['prefetch_note']})")
     lines += [_engine_line(engine, r) for engine, r in row["engines"].items()]
     if row.get("memory_check"):
         m = row["memory_check"]
@@ -137,6 +139,11 @@ def _engine_line(engine: str, r: dict) -> str:
         f"    {engine:<32} {r['tokens_per_s']:>8.2f} tokens/s  {r['mb_read_per_token']:>8.2f}"
         f" MB read/token ({r['reads_per_token']:g} reads of {r['kb_per_read']:g} KiB)  "
         f"hit {r['hit_rate']:.3f}  I/O share {r['io_share']:.3f}  memory {r['memory_mb']:.0f} MB"
+        + (
+            f"  prefetch recall {r['prefetch_recall']:.2f}, precision {r['prefetch_precision']:.2f}"
+            if "prefetch_recall" in r
+            else ""
+        )
     )
 
 

@@ -60,6 +60,7 @@ ENGINE_RUNS = {  # name -> settings
     "llmflash": OffloadConfig(engine="llmflash", memory_budget=0.5),
     "dense-stream": OffloadConfig(engine="dense-stream", memory_budget=0.5),
     "powerinfer2@60%": OffloadConfig(engine="powerinfer2", memory_budget=0.6),
+    "powerinfer2, prefetch 1": OffloadConfig(pipeline=PipelineConfig(prefetch=1)),
     # every unit resident from the start: the same compute path, no reads
     "in-memory (offload path, 100%)": OffloadConfig(memory_budget=1.0, policy="static-hot"),
 }
@@ -158,11 +159,33 @@ def replay_masks(rng, frequency: np.ndarray, plan: SparsePlan, steps: int) -> np
     return rng.random((steps, len(plan.layers), frequency.size - hot)) < frequency[hot:]
 
 
+def ahead_masks(rng, masks: np.ndarray, recall: float, precision: float) -> np.ndarray:
+    """Cross-layer predictions for replayed cold-cluster ``masks [T, L, NC]``: each active
+    cluster kept with probability ``recall``, inactive ones added so that ``precision`` of the
+    predicted clusters are active (a predictor with that recall and precision, not a trained
+    one)."""
+    keep = masks & (rng.random(masks.shape) < recall)
+    active = masks.sum(-1, keepdims=True)
+    false = recall * active * (1 - precision) / max(precision, 1e-6)
+    rate = false / np.maximum(masks.shape[-1] - active, 1)
+    return keep | (~masks & (rng.random(masks.shape) < rate))
+
+
+def _replayed(masks: np.ndarray, ahead: np.ndarray | None) -> list[dict]:
+    """One token's predictor entries from replayed masks ``[L, NC]`` (and their cross-layer
+    predictions)."""
+    return [
+        {"clusters": jnp.asarray(m)} | ({} if ahead is None else {"ahead": ahead[i]})
+        for i, m in enumerate(masks)
+    ]
+
+
 def _run_engines(
-    layout, runs: dict, masks_for, steps: int, repeats: int, prompt
+    layout, runs: dict, masks_for, steps: int, repeats: int, prompt, ahead=None
 ) -> tuple[dict, dict]:
     """Opens every engine, then decodes ``steps`` tokens with each in turn, ``repeats`` times
-    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None.
+    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None;
+    ``ahead(masks) -> [steps, L, NC]``: their cross-layer predictions (:func:`ahead_masks`).
 
     Returns each engine's summary, and the memory the engines say they hold (all open, after
     the warm-up block filled their caches) beside the process's resident memory growth since
@@ -174,7 +197,7 @@ def _run_engines(
     rss0, memory = process.memory_info().rss, {}
     try:
         first = masks_for(0)
-        replay = None if first is None else [{"clusters": jnp.asarray(m)} for m in first[0]]
+        replay = None if first is None else _replayed(first[0], None)
         for name, config in runs.items():
             config = dataclasses.replace(config, kv_capacity=512)
             eng = OffloadEngine(layout, config, predictors=replay)
@@ -184,11 +207,14 @@ def _run_engines(
             out[name] = {"seconds": [], "stats": [], "memory_bytes": eng.memory_bytes}
         for block in range(repeats + 1):
             masks = masks_for(block)
+            predicted = None if masks is None or ahead is None else ahead(masks)
             for name, eng in engines.items():
                 pos, token = state[name]
                 for t in range(steps):
                     if masks is not None:  # replayed: the engine runs no predictor
-                        eng.predictors = [{"clusters": jnp.asarray(m)} for m in masks[t]]
+                        eng.predictors = _replayed(
+                            masks[t], None if predicted is None else predicted[t]
+                        )
                     token, _ = eng.step(token, pos, key, knobs)
                     pos += 1
                     if block:  # block 0 warms caches and compiles
@@ -222,6 +248,18 @@ def _summary(row: dict) -> dict:
         "hit_rate": round(hits / max(units, 1), 4),
         "io_share": round(float(np.median([s.io_share for s in stats])), 4),
         "memory_mb": round(row["memory_bytes"] / 1e6, 1),
+    } | _prefetch_summary(stats)
+
+
+def _prefetch_summary(stats: list) -> dict:
+    """Recall and precision of cross-layer prefetch (where it ran)."""
+    prefetched = sum(s.prefetched for s in stats)
+    if not prefetched:
+        return {}
+    used = sum(s.prefetch_used for s in stats)
+    return {
+        "prefetch_recall": round(used / max(sum(s.prefetch_misses for s in stats), 1), 4),
+        "prefetch_precision": round(used / prefetched, 4),
     }
 
 
@@ -313,8 +351,27 @@ def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
     }
 
 
+def _ahead_fn(predictor: tuple[float, float], seed: int):
+    """Cross-layer predictions of replayed masks at ``predictor``'s (recall, precision)."""
+    rng = np.random.default_rng(seed)
+    return lambda masks: ahead_masks(rng, masks, *predictor)
+
+
+def _ahead_note(predictor: tuple[float, float]) -> str:
+    return (
+        "prefetch on replayed masks: cross-layer predictions drawn at the recall "
+        f"{predictor[0]:.2f} and precision {predictor[1]:.2f} measured for the bundled model's "
+        "predictors (each layer's predictor on the previous layer's hidden state)"
+    )
+
+
 def bench_synthetic(
-    steps: int, repeats: int, layers: int, seed: int = 0, dtype: StorageDtype = "int4"
+    steps: int,
+    repeats: int,
+    layers: int,
+    seed: int = 0,
+    dtype: StorageDtype = "int4",
+    predictor: tuple[float, float] = (1.0, 1.0),
 ) -> dict:
     t0 = time.perf_counter()
     layout, frequency, plan = synthetic_model(layers, seed, dtype)
@@ -324,7 +381,9 @@ def bench_synthetic(
     blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
     prompt = np.arange(1, 5, dtype=np.int32)
     runs = {**ENGINE_RUNS, **SYNTHETIC_EXTRA}
-    engines, memory = _run_engines(layout, runs, lambda b: blocks[b], steps, repeats, prompt)
+    engines, memory = _run_engines(
+        layout, runs, lambda b: blocks[b], steps, repeats, prompt, _ahead_fn(predictor, seed + 3)
+    )
     params = jax.tree.map(jnp.asarray, layout.full_params())
     all_masks = np.concatenate(blocks[1:])
     quantized = dtype if dtype in ("int8", "int4") else None
@@ -344,6 +403,7 @@ def bench_synthetic(
         "hot_neurons": plan.layers[0].hot,
         "density": 0.1,
         "layout_setup_s": round(setup_s, 1),
+        "prefetch_note": _ahead_note(predictor),
         "engines": engines,
         "memory_check": memory,
         "policies_at_50%": policy_hit_rates(unit_masks, layout.units // 2),
@@ -359,14 +419,23 @@ def bench_synthetic(
     }
 
 
-def bench_coactivated(steps: int, repeats: int, layers: int, cluster_size: int = 4) -> dict:
+def bench_coactivated(
+    steps: int,
+    repeats: int,
+    layers: int,
+    cluster_size: int = 4,
+    predictor: tuple[float, float] = (1.0, 1.0),
+) -> dict:
     """The engines at 50% (and powerinfer2 at 60%, everything resident) on co-activated masks
-    with units of ``cluster_size`` co-activated neurons on flash."""
+    with units of ``cluster_size`` co-activated neurons on flash; ``predictor``: the (recall,
+    precision) of the cross-layer predictions the prefetching engine gets."""
     long = 256  # later tokens for the policy replay
     layout, masks = coactivated_model(layers, (repeats + 1) * steps + long, cluster_size)
     blocks = masks[:-long].reshape(repeats + 1, steps, *masks.shape[1:])
     prompt = np.arange(1, 5, dtype=np.int32)
-    engines, memory = _run_engines(layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt)
+    engines, memory = _run_engines(
+        layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt, _ahead_fn(predictor, 5)
+    )
     active = float(np.mean(blocks[1:]))
     return {
         "model": f"synthetic dReLU, {layers} layers of 7B shape, int4 bundles, co-activated "
@@ -374,6 +443,7 @@ def bench_coactivated(steps: int, repeats: int, layers: int, cluster_size: int =
         "units active)",
         "unit_kb": layout.stride / 1024,
         "ffn_mb": layout.ffn_bytes / 1e6,
+        "prefetch_note": _ahead_note(predictor),
         "engines": engines,
         "memory_check": memory,
         "ratios": _ratios(engines),
@@ -431,11 +501,15 @@ def bench_offload(quick: bool = False, steps: int | None = None, layers: int | N
     with tempfile.TemporaryDirectory(dir=bench_dir()) as tmp:  # O_DIRECT-capable, not tmpfs
         result["bundled"] = bench_bundled(steps, repeats, Path(tmp))
     result["bundled"]["ratios"] = _ratios(result["bundled"]["engines"])
+    measured = result["bundled"]["engines"]["powerinfer2, prefetch 1"]
+    predictor = (measured["prefetch_recall"], measured["prefetch_precision"])
     if not quick or layers:
-        syn = bench_synthetic(steps, repeats, layers or 4)
+        syn = bench_synthetic(steps, repeats, layers or 4, predictor=predictor)
         syn["ratios"] = _ratios(syn["engines"])
         result["synthetic_7b"] = syn
-        result["synthetic_7b_coactivated"] = bench_coactivated(steps, repeats, layers or 4)
+        result["synthetic_7b_coactivated"] = bench_coactivated(
+            steps, repeats, layers or 4, predictor=predictor
+        )
         result["synthetic_7b_precisions"] = {
             "note": "powerinfer2 at 50% per bundle precision (f32, int8, int4 layouts of the "
             "same weights, same masks), run one precision after another",

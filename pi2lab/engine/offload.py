@@ -48,7 +48,9 @@ from pi2lab.pipeline.scheduler import (
     Buffers,
     FfnStore,
     PipelineConfig,
+    Prefetcher,
     Scheduler,
+    prefetch_rows,
     staging_rows,
 )
 from pi2lab.pipeline.timeline import Timeline
@@ -164,6 +166,13 @@ def _layer_front(p, pred, threshold, cfg, lp: ClusterPlan, mode, x, delta, k, v,
     return x, h[0], clusters, k, v
 
 
+@functools.partial(jax.jit, static_argnames=("lp",))
+def _ahead(pred, threshold, lp: ClusterPlan, x):
+    """A later layer's cold-cluster mask predicted from this layer's hidden state ``x [1, T,
+    D]`` (after attention) by that layer's predictor ``pred``: cross-layer prefetch."""
+    return cluster_activity(scores(pred, x[0, 0]) > threshold, lp)
+
+
 @jax.jit
 def _embed(embed, tokens):
     return take_rows(embed, tokens)[None]
@@ -192,6 +201,10 @@ class StepStats:
       bytes_read: Bytes read from flash.
       reads: Read requests issued to the device (after coalescing).
       io_share: Time blocked on reads over wall time.
+      prefetched: Units read ahead by cross-layer prefetch.
+      prefetch_used: Of the misses of layers that were read ahead for, those found read ahead
+        (over ``prefetch_misses``: the prefetch's recall; over ``prefetched``: its precision).
+      prefetch_misses: Misses of the layers that were read ahead for.
     """
 
     seconds: float
@@ -200,6 +213,9 @@ class StepStats:
     bytes_read: int
     io_share: float
     reads: int = 0
+    prefetched: int = 0
+    prefetch_used: int = 0
+    prefetch_misses: int = 0
 
 
 class OffloadEngine:
@@ -249,7 +265,7 @@ class OffloadEngine:
         self.pipeline = config.pipeline_config()
         fixed = fixed_bytes(cfg, self.params, tensors, config.kv_capacity)
         stage_rows = staging_rows(self.pipeline, layout.stride)
-        staging_bytes = stage_rows * layout.stride
+        staging_bytes = (stage_rows + prefetch_rows(self.pipeline)) * layout.stride
         n_ffn = len(layout.files)
         if config.layer_units is not None:
             caps = list(config.layer_units)
@@ -284,6 +300,11 @@ class OffloadEngine:
             self.timeline = Timeline()
             self.staging = Buffers(layout.stride, stage_rows)
             self.scheduler = Scheduler(layout, self.io, self.pipeline, self.timeline)
+            self.prefetcher = (
+                Prefetcher(layout, self.io, self.pipeline, self.staging)
+                if self.pipeline.prefetch
+                else None
+            )
             self.stores = []
             for i in range(n_ffn):
                 policy = config.policy_for(layout.units, caps[i])
@@ -307,6 +328,7 @@ class OffloadEngine:
         self.kv = None
         self.last: StepStats | None = None
         self.requests: list | None = None  # a list: each decode token's units per FFN go here
+        self.prefetch_counts = dict.fromkeys(("prefetched", "used", "misses"), 0)
 
     # -- memory -----------------------------------------------------------------------------
     @property
@@ -388,12 +410,35 @@ class OffloadEngine:
             return "replay", self.predictors
         return "predict", self.predictors
 
+    def _ahead_targets(self, i: int, mode: str) -> list[int]:
+        """The layers whose units are read ahead when layer ``i``'s FFN is done: ``i + depth``
+        (from layer 0: ``1 .. depth``), within the model."""
+        d, n = self.pipeline.prefetch, self.layout.config.num_layers
+        if self.prefetcher is None or mode == "none":
+            return []
+        return [j for j in (range(1, d + 1) if i == 0 else [i + d]) if j < n]
+
+    def _ahead_mask(self, j: int, mode: str, preds: list, x):
+        """Layer ``j``'s cold-cluster mask as predicted at the current layer: its predictor on
+        the current hidden state, or with replayed masks the ``"ahead"`` mask they carry."""
+        if mode == "predict":
+            return _ahead(preds[j], np.float32(self.config.threshold), self.plan.layers[j], x)
+        if "ahead" not in preds[j]:
+            raise ConfigError(
+                f"prefetch depth {self.pipeline.prefetch} with replayed masks: layer {j}'s "
+                "entry has no 'ahead' mask (the prediction of its clusters made a layer "
+                "earlier); expected {'clusters': ..., 'ahead': ...}"
+            )
+        return preds[j]["ahead"]
+
     def _run(self, tokens: np.ndarray, pos: int, decode: bool):
         cfg = self.layout.config
         mode, preds = self._front_mode(decode)
         x = _embed(self.params["embed"], tokens)  # [1, T, D]
         out = np.zeros((tokens.size, cfg.hidden_size), np.float32)
         units, hits = [], []
+        ahead_for: set[int] = set()  # layers read ahead for this token
+        self.prefetch_counts = dict.fromkeys(("prefetched", "used", "misses"), 0)
         for i, p in enumerate(self.params["layers"]):
             lp = self.plan.layers[i]
             pred = None if preds is None else preds[i]
@@ -412,6 +457,8 @@ class OffloadEngine:
                     np.int32(pos),
                 )
                 self.kv[0][i], self.kv[1][i] = k, v
+                targets = self._ahead_targets(i, mode)
+                masks = [self._ahead_mask(j, mode, preds, x) for j in targets]
                 h_np = np.asarray(h)  # [T, D]
                 clusters = np.asarray(clusters)
             store = self.stores[i]
@@ -424,9 +471,21 @@ class OffloadEngine:
                 if self.requests is not None:
                     self.requests.append((self.t, i, need))
                 before = store.cache.slot_of[need] >= 0
-                out = self.scheduler.run(store, i, h_np[0], need, self.t)[None]
+                ahead = self.prefetcher.take(i) if self.prefetcher else {}
+                out = self.scheduler.run(store, i, h_np[0], need, self.t, ahead)[None]
                 units.append(need.size)
                 hits.append(int(before.sum()))
+                if i in ahead_for:
+                    counts = self.prefetch_counts
+                    counts["used"] += int(np.isin(need[~before], list(ahead)).sum())
+                    counts["misses"] += int((~before).sum())
+                    self.prefetcher.release(i)
+                for j, m in zip(targets, masks, strict=True):
+                    units_j = self._units(j, np.asarray(m))
+                    self.prefetch_counts["prefetched"] += self.prefetcher.issue(
+                        j, self.stores[j], units_j
+                    )
+                    ahead_for.add(j)
         return x, out, units, hits
 
     def reset(self, capacity: int | None = None) -> None:
@@ -455,6 +514,8 @@ class OffloadEngine:
 
     def step(self, token, pos: int, key, knobs: SamplingKnobs):
         """One decode token at ``pos``: returns the next token and logits ``[V]``."""
+        if self.prefetcher:
+            self.prefetcher.reset()  # reads an earlier token's error left in flight
         self.io.clear_log()
         self.timeline.events.clear()
         start = time.perf_counter()
@@ -474,5 +535,8 @@ class OffloadEngine:
             bytes_read=sum(r.io_bytes for r in self.io.log),
             io_share=self.timeline.io_share(),
             reads=len(self.io.log),
+            prefetched=self.prefetch_counts["prefetched"],
+            prefetch_used=self.prefetch_counts["used"],
+            prefetch_misses=self.prefetch_counts["misses"],
         )
         return token, logits

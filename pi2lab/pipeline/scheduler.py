@@ -13,6 +13,11 @@ staging row, used once). Then, by overlap mode:
   clusters). With ``gate_first`` (units of one neuron, ReLU-family FFNs) a miss is read in two
   phases: its gate row, then up and down only for neurons whose gate fires.
 
+Cross-layer prefetch (``prefetch`` layers ahead, :class:`Prefetcher`): when an FFN is done, the
+units a later layer is predicted to need and does not hold are read into a pool of rows while
+the next layers' attention and FFNs run; when that layer's turn comes, a miss found in the pool
+is copied from it (once its read lands) instead of being read.
+
 All arithmetic is float32 NumPy on the host (BLAS matrix-vector products release the GIL, so
 the I/O threads' reads proceed meanwhile). Units are computed in the neuron order the model
 was profiled in; only the set, not the order of the sums, matches in-memory sparse decode.
@@ -21,10 +26,11 @@ was profiled in; only the set, not the order of the sums, matches in-memory spar
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import itertools
 import queue
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -65,6 +71,10 @@ class PipelineConfig:
       io_threads: Reader threads (PowerInfer-2 argues for one).
       gate_first: Read gate rows first and up/down only where the gate fires.
       coalesce: Merge reads of adjacent units.
+      prefetch: Cross-layer prefetch depth: when layer ``l``'s FFN is done, layer
+        ``l + prefetch``'s predicted units are read ahead (0: off). Decode only.
+      prefetch_units: At most this many units read ahead per layer (the pool holds
+        ``prefetch * prefetch_units`` rows).
     """
 
     mode: OverlapMode = "cluster"
@@ -73,10 +83,17 @@ class PipelineConfig:
     io_threads: int = 1
     gate_first: bool = False
     coalesce: bool = True
+    prefetch: int = 0
+    prefetch_units: int = 256
 
     def __post_init__(self):
         if self.mode not in ("none", "matrix", "cluster"):
             raise ConfigError(f"overlap mode {self.mode!r}: expected none, matrix or cluster")
+        if self.prefetch < 0 or self.prefetch_units < 1:
+            raise ConfigError(
+                f"prefetch {self.prefetch}, prefetch_units {self.prefetch_units}: expected a "
+                "depth >= 0 (0 = off) and at least one unit per layer"
+            )
         if min(self.depth, self.io_threads, self.batch) < 1:
             raise ConfigError(
                 f"pipeline depth {self.depth}, io_threads {self.io_threads}, batch "
@@ -164,6 +181,11 @@ def staging_rows(config: PipelineConfig, stride: int) -> int:
     """Staging rows the engine holds: ``depth`` (bypassed units in flight) or
     :data:`STREAM_BYTES` worth of rows, whichever is more."""
     return max(config.depth, -(-STREAM_BYTES // stride))
+
+
+def prefetch_rows(config: PipelineConfig) -> int:
+    """Rows of the cross-layer prefetch pool (one block of ``prefetch_units`` per layer ahead)."""
+    return config.prefetch * config.prefetch_units
 
 
 class Buffers:
@@ -339,11 +361,24 @@ class FlashBackend:
     input ``x`` into :attr:`out`; ``log`` (a list) receives ``(file, offset, nbytes, units)`` per
     read issued."""
 
-    def __init__(self, scheduler: Scheduler, store: FfnStore, layer: int, x, log=None):
+    def __init__(self, scheduler: Scheduler, store: FfnStore, layer: int, x, log=None, ahead=None):
         self.s, self.store, self.layer, self.x, self.log = scheduler, store, layer, x, log
+        self.ahead = ahead or {}  # unit -> (pool row, Read): read ahead by the Prefetcher
         self.out = np.zeros(store.layout.config.hidden_size, np.float32)
         self.pending = 0
         self.done = queue.SimpleQueue()  # reads land here as they complete (I/O threads put)
+
+    def _copy_when_landed(self, row, read, dest, a: int, b: int, tag) -> None:
+        """A unit read ahead: copies its bytes ``[a, b)`` from the pool row into ``dest`` once
+        the read lands (on the I/O thread that finishes it, or here if it has)."""
+
+        def land(future):
+            if future.exception() is None:
+                dest[a:b] = row[a:b]
+            self.done.put(Landed(future, (tag,)))
+
+        self.pending += 1
+        read.future.add_done_callback(land)
 
     def submit(self, batch):
         store, step, base, size = self.store, *self.s.spans
@@ -352,8 +387,11 @@ class FlashBackend:
             dest = store.slots[s] if s >= 0 else store.staging.rows[-2 - s]
             a = int(base[phase])
             b = a + int(size[phase])
-            off = u * int(step[phase]) + a
             tag = (self.layer, u, s, phase)
+            if u in self.ahead and phase < 3:  # bundle phases of a unit in the pool
+                self._copy_when_landed(*self.ahead[u], dest, a, b, tag)
+                continue
+            off = u * int(step[phase]) + a
             requests.append(ReadRequest(store.index, off, b - a, dest[a:b], tag))
         for r in self.s.io.submit(requests):
             r.future.add_done_callback(lambda _, r=r: self.done.put(r))
@@ -391,6 +429,66 @@ class FlashBackend:
                     pairs = np.array(pairs)
                     self.out += store.compute(self.x, src, pairs[:, 1], pairs[:, 0], *self.s.act)
         return fires
+
+
+class Landed(NamedTuple):
+    """A unit taken from the prefetch pool, queued as a read of its own would be."""
+
+    future: concurrent.futures.Future
+    tags: tuple
+
+
+class Prefetcher:
+    """Cross-layer prefetch (``config.prefetch`` layers ahead): :meth:`issue` reads the units a
+    later layer is predicted to need and does not hold into a block of pool rows; :meth:`take`
+    hands that layer its block (unit -> pool row and read) for :class:`FlashBackend`, which
+    copies a miss from the pool instead of reading it. Blocks are reused once their reads are
+    done; :meth:`reset` waits for every read in flight (a token's end, or an error mid-token)."""
+
+    def __init__(self, layout: FlashLayout, io: IOEngine, config: PipelineConfig, buffers):
+        self.layout, self.io, self.limit = layout, io, config.prefetch_units
+        rows = buffers.allocate(prefetch_rows(config))
+        self.blocks = [rows[b * self.limit : (b + 1) * self.limit] for b in range(config.prefetch)]
+        self.free = list(range(config.prefetch))
+        self.issued: dict[int, tuple[int, dict]] = {}  # layer -> (block, {unit: (row, Read)})
+        self.log: list | None = None  # (file, offset, nbytes, units) per read, as Scheduler.log
+
+    def issue(self, layer: int, store: FfnStore, units: np.ndarray) -> int:
+        """Reads ahead the ``units`` of ``layer`` (FFN ``store``) that are not resident, at most
+        ``prefetch_units`` of them, first first; returns how many."""
+        units = units[store.cache.slot_of[units] < 0][: self.limit]
+        if layer in self.issued or not self.free or units.size == 0:
+            return 0
+        block = self.free.pop()
+        rows, stride = self.blocks[block], self.layout.stride
+        requests = [
+            ReadRequest(store.index, int(u) * stride, stride, rows[k], (layer, int(u)))
+            for k, u in enumerate(units.tolist())
+        ]
+        ahead = {}
+        for r in self.io.submit(requests):
+            if self.log is not None:
+                self.log.append((r.file, r.offset, r.nbytes, len(r.requests)))
+            for req in r.requests:
+                ahead[req.tag[1]] = (req.dest, r)
+        self.issued[layer] = (block, ahead)
+        return units.size
+
+    def take(self, layer: int) -> dict:
+        """The units read ahead for ``layer`` (unit -> (pool row, Read)); empty if none."""
+        return self.issued.get(layer, (None, {}))[1]
+
+    def release(self, layer: int) -> None:
+        """Frees ``layer``'s block once its reads are done (a read still in flight would
+        otherwise land in the block's next use)."""
+        if layer in self.issued:
+            block, ahead = self.issued.pop(layer)
+            concurrent.futures.wait([r.future for _, r in ahead.values()])
+            self.free.append(block)
+
+    def reset(self) -> None:
+        for layer in list(self.issued):
+            self.release(layer)
 
 
 class Scheduler:
@@ -434,9 +532,18 @@ class Scheduler:
                 fires[pick] = gate_fires(gate @ x, *self.act)
         return fires
 
-    def run(self, store: FfnStore, layer: int, x: np.ndarray, units: np.ndarray, t: int):
-        """The FFN output ``[D]`` for input ``x [D]``, computing exactly ``units``."""
-        backend = FlashBackend(self, store, layer, x, self.log)
+    def run(
+        self,
+        store: FfnStore,
+        layer: int,
+        x: np.ndarray,
+        units: np.ndarray,
+        t: int,
+        ahead: dict | None = None,
+    ):
+        """The FFN output ``[D]`` for input ``x [D]``, computing exactly ``units``; ``ahead``:
+        the units read ahead for this layer (:meth:`Prefetcher.take`)."""
+        backend = FlashBackend(self, store, layer, x, self.log, ahead)
         run_ffn(
             backend,
             store.cache,
