@@ -9,13 +9,18 @@ number without a unit that is not a share written with a decimal point (``"1"``,
 is refused as ambiguous rather than read as bytes.
 
 The rule (:meth:`MemoryBudget.cache_units`): every FFN gets the same number of cache units, a
-share of its units, or what the bytes left after the resident minimum hold, split evenly.
+share of its units, or what the bytes left after the resident minimum hold, split evenly. An
+MoE layer's units may then be shared among its experts by weight (:func:`split_units`, the
+expert-aware cache of :class:`pi2lab.policies.ExpertAware`): the layer's total stays the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
+
+import numpy as np
 
 from pi2lab.errors import BudgetError, ConfigError
 
@@ -132,4 +137,45 @@ class MemoryBudget:
             )
 
 
-__all__ = ["MemoryBudget"]
+def split_units(total: int, weights: Sequence[float], cap: int) -> list[int]:
+    """``total`` cache units shared among FFNs in proportion to ``weights`` (e.g. an MoE layer's
+    experts by how often they are routed to), none above ``cap`` units: what a capped FFN cannot
+    hold goes to the others in proportion (water-filling), and the rounding remainder to the
+    largest fractional shares. Zero weights get units only when the rest are full; all-zero
+    weights split evenly. The result sums to ``min(total, cap * len(weights))``.
+
+    Raises:
+      ConfigError: no weights, a negative or non-finite weight, a negative ``total`` or ``cap``.
+    """
+    w = np.asarray(weights, np.float64)
+    if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ConfigError(f"weights {list(weights)}: expected one or more finite weights >= 0")
+    if total < 0 or cap < 0:
+        raise ConfigError(f"split_units: total={total}, cap={cap}: expected both >= 0")
+    n = w.size
+    total = min(int(total), cap * n)
+    share = np.zeros(n)
+    for part in (w > 0, w == 0):  # units go to zero weights only when the others are full
+        left = total - share.sum()
+        if left <= 0 or not part.any():
+            continue
+        pw = np.where(part, w / w[part].max() if w[part].max() > 0 else 1.0, 0.0)
+        # water-filling: the heaviest are capped first; the rest share what is left by weight
+        order = np.argsort(-pw, kind="stable")[: int(part.sum())]
+        for k in range(order.size):
+            rest = order[k:]
+            scale = left / pw[rest].sum()
+            if pw[rest[0]] * scale <= cap:
+                share[rest] = pw[rest] * scale
+                break
+            share[rest[0]] = cap
+            left -= cap
+    units = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
+    short = total - int(units.sum())
+    if short > 0:  # the largest fractional parts (then weights) with room take one more each
+        frac = np.where(units < cap, share - units, -np.inf)
+        units[np.lexsort((-w, -frac))[:short]] += 1
+    return units.tolist()
+
+
+__all__ = ["MemoryBudget", "split_units"]

@@ -1,8 +1,12 @@
-"""Memory budgets: parsing, the one cache rule, and the errors."""
+"""Memory budgets: parsing, the one cache rule, its split by weight, and the errors."""
+
+import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pi2lab.budget import MemoryBudget
+from pi2lab.budget import MemoryBudget, split_units
 from pi2lab.errors import BudgetError, ConfigError
 
 
@@ -54,3 +58,31 @@ def test_cache_units_one_rule():
 def test_total_of_a_share_adds_the_minimum():
     assert MemoryBudget.share(0.25).total(1000, 4000) == 2000
     assert MemoryBudget.bytes(1234).total(1000, 4000) == 1234
+
+
+def test_split_units_by_weight_capped():
+    assert split_units(12, [3, 1, 0, 0], 16) == [9, 3, 0, 0]
+    # the heaviest capped at 8: the rest goes to the others by weight
+    assert split_units(16, [6, 1, 1, 0], 8) == [8, 4, 4, 0]
+    # zero weights get units only once the others are full
+    assert split_units(20, [1, 1, 0, 0], 8) == [8, 8, 2, 2]
+    assert split_units(7, [0, 0, 0], 4) == [3, 2, 2]
+    assert split_units(100, [1, 2], 10) == [10, 10]
+    with pytest.raises(ConfigError, match="weights"):
+        split_units(4, [1, -1], 4)
+    with pytest.raises(ConfigError, match="weights"):
+        split_units(4, [], 4)
+
+
+@given(
+    total=st.integers(0, 400),
+    cap=st.integers(0, 60),
+    weights=st.lists(st.floats(0, 1e6) | st.just(0.0), min_size=1, max_size=9),
+)
+def test_split_units_keeps_the_total_and_the_cap(total, cap, weights):
+    units = split_units(total, weights, cap)
+    assert sum(units) == min(total, cap * len(weights))
+    assert all(0 <= u <= cap for u in units)
+    for (wi, ui), (wj, uj) in itertools.product(zip(weights, units, strict=True), repeat=2):
+        if wi > wj:  # a heavier FFN never gets fewer units
+            assert ui >= uj

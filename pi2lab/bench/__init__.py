@@ -124,7 +124,11 @@ def _offload_lines(name: str, row: dict) -> list[str]:
             f"resident memory grew {m['rss_growth_mb']:.0f} MB (all open, caches warm)"
         )
     lines += [f"    {k}: {v}" for k, v in row["ratios"].items()]
-    lines.append(f"    policies at 50% (hit rate): {row['policies_at_50%']}")
+    if "policies_at_50%" in row:
+        lines.append(f"    policies at 50% (hit rate): {row['policies_at_50%']}")
+    if "expert_popularity" in row:
+        pop = row["expert_popularity"]
+        lines.append(f"    {pop['note']}: " + "; ".join(map(str, pop["counts"])))
     for p in row.get("storage_curve", []):
         lines.append(
             f"    storage {p['block_kb']:>6g} KiB x {p['threads']} threads: {p['mb_per_s']} MB/s"

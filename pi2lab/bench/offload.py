@@ -7,7 +7,11 @@ masks replayed from the Zipf-like firing profile of ``pi2lab bench sparse`` (neu
 independently with their frequency, so a cache gains from the skew, not from token-to-token
 reuse); (c) the same shapes with co-activated firing and units of 4 neurons placed in
 co-activation order, so that neurons that fire together are read together; (d) powerinfer2 on
-f32, int8 and int4 layouts of (b)'s weights, one after another.
+f32, int8 and int4 layouts of (b)'s weights, one after another; (e) a Mixtral-shaped synthetic
+MoE (8 dReLU experts of 7B width per layer, top-2; a quarter of the width with ``--quick``)
+with one bundle file per expert, routed by its real router and each expert's neuron masks
+replayed (Zipf, 15% per expert as TurboSparse-Mixtral): powerinfer2, llmflash and dense-stream
+at 50%, and powerinfer2 with the cache shared among experts by a routing profile.
 
 Per model, in one run with the engines interleaved block by block: tokens/s of ``powerinfer2``,
 ``llmflash`` and ``dense-stream`` at an FFN budget of 50%, ``powerinfer2`` at 60% and with
@@ -47,13 +51,13 @@ from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.params import quantize_params
 from pi2lab.model.pretrained import data_dir, load_pretrained
 from pi2lab.pipeline.scheduler import PipelineConfig
-from pi2lab.policies import Belady
+from pi2lab.policies import Belady, ExpertAware
 from pi2lab.policies.registry import make_policy
 from pi2lab.predict.placement import coactivation_order
 from pi2lab.predict.profile import ActivationTrace
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
-from pi2lab.storage.layout import FFN_KEYS, StorageDtype, open_layout
+from pi2lab.storage.layout import FFN_KEYS, StorageDtype, default_cluster_size, open_layout
 
 ENGINE_RUNS = {  # name -> settings
     "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
@@ -111,8 +115,24 @@ def synthetic_layout(
     def normal(*shape):
         return (rng.standard_normal(shape, np.float32) * 0.02).astype(np.float32)
 
+    def ffn(layer: int, name: str):
+        if not cfg.is_moe:
+            return normal(f, d)
+        return _Experts(seed=(seed, layer, FFN_KEYS.index(name)), shape=(cfg.num_experts, f, d))
+
+    shared = None
+    if cfg.is_moe:
+        # embeddings as large as attention's output (at std 0.02 the residual stream is
+        # attention's average over the context, and routing follows the prompt), sharing a
+        # direction each router row weighs with its expert's logit offset: experts' popularity
+        # is then a property of the model, as a trained router's is, and not of the prompt
+        shared = _unit_vector(rng, d)
+        embed = rng.standard_normal((cfg.vocab_size, d), np.float32) + SHARED * shared
+        embed = (embed * MOE_EMBED_STD).astype(np.float32)
+    else:
+        embed = normal(cfg.vocab_size, d)
     params = {
-        "embed": normal(cfg.vocab_size, d),
+        "embed": embed,
         "final_norm": np.ones(d, np.float32),
         "layers": [
             {
@@ -122,12 +142,53 @@ def synthetic_layout(
                 "k": normal(d, g, k),
                 "v": normal(d, g, k),
                 "o": normal(cfg.num_heads, k, d),
-                **{name: normal(f, d) for name in FFN_KEYS},
+                **{name: ffn(i, name) for name in FFN_KEYS},
+                **({"router": _router(rng, cfg, shared)} if cfg.is_moe else {}),
             }
-            for _ in range(cfg.num_layers)
+            for i in range(cfg.num_layers)
         ],
     }
+    if not cfg.tie_word_embeddings:
+        params["lm_head"] = normal(cfg.vocab_size, d)
     return open_layout(convert(cfg, params, path, dtype=dtype, cluster_size=unit, plan=plan))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Experts:
+    """An expert-stacked FFN matrix ``[E, F, D]`` drawn one expert at a time where it is read
+    (:func:`pi2lab.convert.convert` reads each expert's rows once), so a layout of 7B-wide
+    experts is written without every expert in memory at once."""
+
+    seed: tuple
+    shape: tuple[int, int, int]
+
+    def __getitem__(self, e: int) -> np.ndarray:
+        rng = np.random.default_rng((*self.seed, e))
+        return rng.standard_normal(self.shape[1:], np.float32) * np.float32(0.02)
+
+
+MOE_EMBED_STD = 0.5
+"""Synthetic MoE: the embeddings' standard deviation (attention's output is of this size)."""
+SHARED = 4.0
+"""Synthetic MoE: the shared direction's weight in every embedding, in units of the embedding
+entries' standard deviation; after the FFN norm every token's input has a component of a few
+units along it."""
+
+
+def _unit_vector(rng, d: int) -> np.ndarray:
+    u = rng.standard_normal(d).astype(np.float32)
+    return u / np.linalg.norm(u)
+
+
+def _router(rng, cfg: ModelConfig, shared: np.ndarray) -> np.ndarray:
+    """Router ``[E, D]``: random rows (std 0.02) plus, along the ``shared`` direction, logit
+    offsets from +0.75 to -0.75 of the random part's spread across the experts (as a bias
+    would add), so routing is skewed as trained routers' is and the skew holds for any
+    tokens."""
+    spread = 0.02 * np.sqrt(cfg.hidden_size)  # std of the random part of a logit
+    offsets = np.linspace(0.75, -0.75, cfg.num_experts, dtype=np.float32) * spread
+    rows = rng.standard_normal((cfg.num_experts, cfg.hidden_size), np.float32) * 0.02
+    return (rows + (offsets / SHARED)[:, None] * shared).astype(np.float32)
 
 
 def coactivated_model(
@@ -181,16 +242,25 @@ def _replayed(masks: np.ndarray, ahead: np.ndarray | None) -> list[dict]:
 
 
 def _run_engines(
-    layout, runs: dict, masks_for, steps: int, repeats: int, prompt, ahead=None
+    layout,
+    runs: dict,
+    masks_for,
+    steps: int,
+    repeats: int,
+    prompt,
+    ahead=None,
+    temperature: float = 0.0,
 ) -> tuple[dict, dict]:
     """Opens every engine, then decodes ``steps`` tokens with each in turn, ``repeats`` times
-    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` or None;
-    ``ahead(masks) -> [steps, L, NC]``: their cross-layer predictions (:func:`ahead_masks`).
+    (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` (MoE:
+    ``[steps, L, E, NC]``) or None; ``ahead(masks) -> [steps, L, NC]``: their cross-layer
+    predictions (:func:`ahead_masks`). Greedy, or sampled at ``temperature`` with one key for
+    all engines (the same tokens where the logits agree).
 
     Returns each engine's summary, and the memory the engines say they hold (all open, after
     the warm-up block filled their caches) beside the process's resident memory growth since
     before the first opened."""
-    knobs, key = SamplingKnobs.make(), jax.random.key(0)
+    knobs, key = SamplingKnobs.make(temperature), jax.random.key(0)
     engines, state, out = {}, {}, {}
     gc.collect()  # what earlier runs left is freed before the baseline, not during
     process = psutil.Process()
@@ -476,6 +546,129 @@ def bench_precisions(steps: int, repeats: int, layers: int, seed: int = 0) -> di
     return rows
 
 
+MIXTRAL = dict(experts=8, top_k=2, density=0.15)  # TurboSparse-Mixtral: ~85% of each expert idle
+MIXTRAL_RUNS = {name: ENGINE_RUNS[name] for name in ("powerinfer2", "llmflash", "dense-stream")}
+
+
+def mixtral_model(
+    layers: int, hidden: int = 4096, ffn: int = 14336, seed: int = 0, dtype: StorageDtype = "int4"
+):
+    """A Mixtral-shaped synthetic MoE (8 dReLU experts of ``hidden``/``ffn`` per layer, top-2,
+    an LM head of its own) as a flash layout of ``dtype`` bundles in the smallest units
+    without padding (one file per expert, written once under
+    :func:`pi2lab.fileio.bench_dir`), with each expert's Zipf firing frequency ``[F]`` and the
+    sparse plan."""
+    cfg = synthetic_config(
+        layers,
+        hidden,
+        ffn,
+        architecture="mixtral",
+        num_experts=MIXTRAL["experts"],
+        num_experts_per_tok=MIXTRAL["top_k"],
+        # a random tied head predicts the token it was given (its own embedding scores
+        # highest), so decode would route one token over and over; an LM head of its own gives
+        # near-flat logits, and sampled tokens route as varied text does
+        tie_word_embeddings=False,
+    )
+    frequency = zipf_frequency(ffn, density=MIXTRAL["density"])
+    unit = default_cluster_size(ffn, hidden, dtype)
+    plan = SparsePlan.from_frequency(
+        np.broadcast_to(frequency, (layers, frequency.size)), cluster_size=unit
+    )
+    path = bench_dir() / f"synthetic-mixtral-{hidden}-{ffn}-{layers}l-{dtype}"
+    return synthetic_layout(cfg, plan, path, seed, dtype, unit), frequency, plan
+
+
+def expert_masks(rng, frequency: np.ndarray, plan: SparsePlan, experts: int, steps: int):
+    """Cold-cluster masks ``[steps, L, E, NC]``: every expert's neurons fire independently
+    with ``frequency``, a cluster is active when any of its neurons is."""
+    lp = plan.layers[0]
+    cold = rng.random((steps, len(plan.layers), experts, frequency.size - lp.hot))
+    fired = cold < frequency[lp.hot :]
+    return fired.reshape(*fired.shape[:-1], -1, lp.cluster_size).any(-1)
+
+
+def routing_profile(layout, masks: np.ndarray, prompt, temperature: float) -> np.ndarray:
+    """Decode tokens routed to each expert ``[L, E]``: powerinfer2 at 50% sampling one token
+    at ``temperature`` per mask of ``masks [T, L, E, NC]`` after ``prompt`` (a profile taken
+    apart from the measured run, on other tokens)."""
+    knobs, key = SamplingKnobs.make(temperature), jax.random.key(1)
+    replay = [{"clusters": jnp.asarray(m)} for m in masks[0]]
+    config = dataclasses.replace(ENGINE_RUNS["powerinfer2"], kv_capacity=512)
+    with OffloadEngine(layout, config, predictors=replay) as eng:
+        token, pos = eng.prefill(prompt, key, knobs), len(prompt)
+        for m in masks:
+            eng.predictors = [{"clusters": jnp.asarray(x)} for x in m]
+            token, _ = eng.step(token, pos, key, knobs)
+            pos += 1
+        return eng.expert_counts.copy()
+
+
+def bench_mixtral(
+    steps: int,
+    repeats: int,
+    layers: int,
+    *,
+    hidden: int = 4096,
+    ffn: int = 14336,
+    profile_tokens: int = 32,
+    seed: int = 0,
+) -> dict:
+    """powerinfer2, llmflash and dense-stream at 50% on the Mixtral-shaped synthetic, and
+    powerinfer2 with each layer's cache shared among its experts by a routing profile of
+    ``profile_tokens`` other tokens (:class:`~pi2lab.policies.ExpertAware`, counts + 1 so an
+    expert the profile missed keeps a little). Tokens are sampled at temperature 1 (the
+    random LM head's logits are near flat, so they vary as text does); routing is the model's
+    own (its router on its hidden states); each routed expert's cold-cluster mask is
+    replayed."""
+    t0 = time.perf_counter()
+    layout, frequency, plan = mixtral_model(layers, hidden, ffn, seed)
+    setup_s = time.perf_counter() - t0
+    experts = layout.config.num_experts
+    rng = np.random.default_rng(seed + 1)
+    blocks = [expert_masks(rng, frequency, plan, experts, steps) for _ in range(repeats + 1)]
+    profile = expert_masks(rng, frequency, plan, experts, profile_tokens)
+    counts = routing_profile(layout, profile, np.arange(7, 19, dtype=np.int32), temperature=1.0)
+    runs = {
+        **MIXTRAL_RUNS,
+        "powerinfer2, expert-aware cache": OffloadConfig(
+            memory_budget=0.5, policy=ExpertAware.from_routed(counts + 1)
+        ),
+    }
+    prompt = np.arange(1, 5, dtype=np.int32)
+    engines, memory = _run_engines(
+        layout, runs, lambda b: blocks[b], steps, repeats, prompt, temperature=1.0
+    )
+    rate = {name: row["tokens_per_s"] for name, row in engines.items()}
+    pi2 = rate["powerinfer2"]
+    active = float(np.mean(blocks[1:]))
+    return {
+        "model": f"synthetic Mixtral-shaped dReLU MoE, {layers} layers of {experts} experts "
+        f"(top-{layout.config.num_experts_per_tok}) of {hidden}/{ffn}"
+        + (" (7B width)" if hidden == 4096 else " (reduced from 4096/14336)")
+        + f", int4 bundles, sampled tokens, Zipf masks at {MIXTRAL['density']:.0%} per expert "
+        f"({active:.1%} of cold units active), hot block {plan.layers[0].hot} neurons",
+        "unit_kb": layout.stride / 1024,
+        "ffn_mb": layout.ffn_bytes / 1e6,
+        "layout_setup_s": round(setup_s, 1),
+        "engines": engines,
+        "memory_check": memory,
+        "ratios": {
+            "powerinfer2 / llmflash (paper, Mixtral-47B: 4.15)": round(pi2 / rate["llmflash"], 2),
+            "powerinfer2 / dense-stream (paper vs llama.cpp, Mixtral-47B: 19.9)": round(
+                pi2 / rate["dense-stream"], 2
+            ),
+            "expert-aware / even cache split": round(
+                rate["powerinfer2, expert-aware cache"] / pi2, 2
+            ),
+        },
+        "expert_popularity": {
+            "note": f"decode tokens routed to each expert in a {profile_tokens}-token profile",
+            "counts": counts.tolist(),
+        },
+    }
+
+
 def _ratios(engines: dict) -> dict:
     rate = {name: row["tokens_per_s"] for name, row in engines.items()}
     pi2 = rate["powerinfer2"]
@@ -515,4 +708,7 @@ def bench_offload(quick: bool = False, steps: int | None = None, layers: int | N
             "same weights, same masks), run one precision after another",
             "precisions": bench_precisions(steps, repeats, layers or 4),
         }
+    # --quick: a quarter of the width (the 7B-wide experts' layout takes minutes to write)
+    width = dict(hidden=1024, ffn=3584, profile_tokens=8) if quick else {}
+    result["synthetic_mixtral"] = bench_mixtral(steps, repeats, layers or 2, **width)
     return result

@@ -17,7 +17,12 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", default=None, help="planner: hardware profile (default: measure)")
     p.add_argument("--quick", action="store_true", help="fewer steps and layers (smoke runs)")
     p.add_argument("--steps", type=int, default=None, help="decode steps per measurement")
-    p.add_argument("--layers", type=int, default=None, help="layers of the synthetic 7B model")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="layers of the synthetic 7B and Mixtral-shaped models",
+    )
     p.add_argument(
         "--output",
         choices=["table", "json", "csv", "md"],

@@ -15,8 +15,18 @@ decides the units, runs the cache and reads, and computes the FFN in NumPy while
 (:mod:`pi2lab.pipeline.scheduler`). Prefill is dense: each layer's FFN is streamed through the
 staging rows (resident units in place), so a long prompt does not need the whole layer in memory.
 
+MoE layers (Mixtral): every expert has its own bundle file, cache and store. On the compute side
+a jitted router (:func:`_moe_front`, after the layer's attention) picks each row's top-k experts
+and weights as in-memory sparse decode does, and for decode runs the routed experts' predictors
+(or replays their masks, ``[E, NC]`` per layer); on the host each routed expert's FFN runs
+through the same scheduler and cache as a dense layer's (its hot block cached, its cold
+clusters read on demand) and the outputs are summed by router weight. Prefill and dense-stream
+stream each routed expert's units for the rows routed to it.
+
 Memory budget: a :class:`~pi2lab.budget.MemoryBudget`, total bytes (resident tensors + KV cache
 + staging rows + neuron cache) or the neuron cache's share of the FFN bytes on top of the rest.
+Every FFN (every expert) gets the same cache, unless ``layer_units`` sets each or an
+:class:`~pi2lab.policies.ExpertAware` policy shares each MoE layer's by expert popularity.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ from pi2lab.pipeline.scheduler import (
     staging_rows,
 )
 from pi2lab.pipeline.timeline import Timeline
-from pi2lab.policies import Policy
+from pi2lab.policies import ExpertAware, Policy
 from pi2lab.policies.registry import make_policy, parse_policy
 from pi2lab.quant.format import KINDS
 from pi2lab.quant.ops import take_rows
@@ -77,14 +87,15 @@ class OffloadConfig:
         a float share).
       pipeline: Overlap mode, depth, I/O threads, gate-first; default per engine.
       policy: Cache policy, or its name (:mod:`pi2lab.policies.registry`); default per engine
-        (:data:`ENGINE_POLICY`).
+        (:data:`ENGINE_POLICY`). MoE: an :class:`~pi2lab.policies.ExpertAware` shares each
+        layer's cache among its experts by popularity, each expert running its ``inner`` policy.
       hot_fraction: Segmented: share of each layer's cache in the hot segment.
       hot_region: Segmented: the hot region (units managed as hot clusters) over the hot
         segment's size. 1 (default): the segment holds exactly the profile's hottest clusters,
         filled at start; above 1 the hot segment runs LRU over hot clusters of a larger region.
       threshold: Predictor logit threshold.
-      layer_units: Cache capacity of each FFN in units (e.g. from the planner); overrides the
-        even split of the budget.
+      layer_units: Cache capacity of each FFN in units (e.g. from the planner), one per bundle
+        file (layers x experts for MoE, layer-major); overrides the even split of the budget.
       kv_capacity: KV cache positions.
       direct: Read with O_DIRECT (bypassing the page cache) where the filesystem allows.
     """
@@ -92,7 +103,7 @@ class OffloadConfig:
     engine: EngineKind = "powerinfer2"
     memory_budget: MemoryBudget | str | float = 0.5
     pipeline: PipelineConfig | None = None
-    policy: Policy | str | None = None
+    policy: Policy | ExpertAware | str | None = None
     hot_fraction: float = 0.5
     hot_region: float = 1.0
     threshold: float = 0.0
@@ -114,11 +125,13 @@ class OffloadConfig:
         return PipelineConfig(mode=mode[self.engine])
 
     def policy_for(self, units: int, capacity: int) -> Policy:
-        """The cache policy of an FFN of ``units`` units with ``capacity`` slots."""
+        """The cache policy of an FFN (an expert's, for MoE) of ``units`` units with
+        ``capacity`` slots."""
         if isinstance(self.policy, Policy):
             return self.policy
+        name = self.policy.inner if isinstance(self.policy, ExpertAware) else self.policy
         return make_policy(
-            self.policy or ENGINE_POLICY[self.engine],
+            name or ENGINE_POLICY[self.engine],
             units=units,
             capacity=capacity,
             hot_fraction=self.hot_fraction,
@@ -142,6 +155,30 @@ def fixed_bytes(cfg, params: dict, tensors: dict, kv_capacity: int) -> int:
     kv = 2 * cfg.num_layers * kv_capacity * cfg.num_kv_heads * cfg.head_dim * 4
     other = sum(a.nbytes for k, a in tensors.items() if "." in k and not k.startswith("layers."))
     return sum(a.nbytes for a in jax.tree.leaves(params)) + other + kv
+
+
+def _check_experts(layout: FlashLayout, config: OffloadConfig) -> int:
+    """Experts per layer (1 for a dense model); refuses an :class:`ExpertAware` policy that
+    does not fit the layout."""
+    cfg = layout.config
+    experts = cfg.num_experts if cfg.is_moe else 1
+    policy = config.policy
+    if isinstance(policy, ExpertAware):
+        if not cfg.is_moe:
+            raise ConfigError(
+                f"{layout.path}: an ExpertAware cache policy needs an MoE model; this one has "
+                f"no experts (expected policy={policy.inner!r})"
+            )
+        if policy.shape != (cfg.num_layers, experts):
+            raise ConfigError(
+                f"ExpertAware popularity of {policy.shape[0]} layers x {policy.shape[1]} "
+                f"experts: expected {cfg.num_layers} x {experts} (the layout's)"
+            )
+        if config.layer_units is not None:
+            raise ConfigError(
+                "layer_units and an ExpertAware policy both size the caches: expected one"
+            )
+    return experts
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"), donate_argnames=("k", "v"))
@@ -173,6 +210,32 @@ def _ahead(pred, threshold, lp: ClusterPlan, x):
     return cluster_activity(scores(pred, x[0, 0]) > threshold, lp)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "lp", "mode"))
+def _moe_front(router, pred, threshold, cfg, lp: ClusterPlan, mode, x, h):
+    """Compute side of an MoE layer, after its attention (:func:`_layer_front`): the router's
+    top-k experts ``[T, k]`` int32 and their weights ``[T, k]`` for each row of the FFN input
+    ``h [T, D]`` (a softmax over the top-k router logits, as in-memory sparse decode takes them:
+    :func:`pi2lab.model.layers.moe_routing`, then ``top_k``), and for decode (``T == 1``) each
+    routed expert's cold-cluster mask ``[k, NC]``: its predictor on the residual stream
+    ``x [1, 1, D]`` (``predict``, leaves ``[E, ...]``) or its replayed row of
+    ``pred["clusters"] [E, NC]`` (``replay``); ``[k, 0]`` for ``none``."""
+    k = cfg.num_experts_per_tok
+    weights = layers.moe_routing(h[None], router, k)[0]  # [T, E]
+    top_w, top_e = jax.lax.top_k(weights, k)  # [T, k]
+    if mode not in ("predict", "replay"):
+        return top_w, top_e, jnp.zeros((k, 0), bool)
+    masks = []
+    for j in range(k):
+        expert = jax.tree.map(
+            lambda a, e=top_e[0, j]: jax.lax.dynamic_index_in_dim(a, e, 0, False), pred
+        )
+        if mode == "replay":
+            masks.append(expert["clusters"])
+        else:
+            masks.append(cluster_activity(scores(expert, x[0, 0]) > threshold, lp))
+    return top_w, top_e, jnp.stack(masks)
+
+
 @jax.jit
 def _embed(embed, tokens):
     return take_rows(embed, tokens)[None]
@@ -196,7 +259,7 @@ class StepStats:
 
     Attributes:
       seconds: Wall time of the token.
-      units: Units computed, per layer.
+      units: Units computed, per layer (summed over the routed experts for MoE).
       hits: Of those, cache hits, per layer.
       bytes_read: Bytes read from flash.
       reads: Read requests issued to the device (after coalescing).
@@ -233,8 +296,6 @@ class OffloadEngine:
         self.layout = layout = layout if isinstance(layout, FlashLayout) else open_layout(layout)
         self.config = config = config or OffloadConfig()
         cfg = layout.config
-        if cfg.is_moe:
-            raise ConfigError("offload engine: MoE layers are not supported yet")
         tensors = layout.resident()
         self.params = jax.tree.map(jnp.asarray, resident_model(layout, tensors))
         tok_file = layout.path / "tokenizer.json"
@@ -267,11 +328,14 @@ class OffloadEngine:
         stage_rows = staging_rows(self.pipeline, layout.stride)
         staging_bytes = (stage_rows + prefetch_rows(self.pipeline)) * layout.stride
         n_ffn = len(layout.files)
+        experts = _check_experts(layout, config)
         if config.layer_units is not None:
             caps = list(config.layer_units)
             if len(caps) != n_ffn or not all(0 <= c <= layout.units for c in caps):
+                per = f" ({cfg.num_layers} layers x {experts} experts)" if cfg.is_moe else ""
                 raise ConfigError(
-                    f"layer_units {caps}: expected {n_ffn} capacities in 0..{layout.units} units"
+                    f"layer_units {caps}: expected {n_ffn} capacities{per} in "
+                    f"0..{layout.units} units"
                 )
         else:
             per_ffn = config.memory_budget.cache_units(
@@ -282,6 +346,8 @@ class OffloadEngine:
                 parts={"resident tensors and KV cache": fixed, "staging": staging_bytes},
             )
             caps = [per_ffn] * n_ffn
+            if isinstance(config.policy, ExpertAware):  # each layer's total, shared by popularity
+                caps = config.policy.capacities(per_ffn, layout.units)
         config.memory_budget.check(
             fixed + staging_bytes + sum(caps) * layout.stride,
             {
@@ -311,7 +377,7 @@ class OffloadEngine:
                 cache = NeuronCache(policy, layout.units, caps[i])
                 scales = tensors.get(f"scales.{i}")
                 store = FfnStore(layout, i, cache, scales, self.staging)
-                hot_units = self.plan.layers[i].hot // layout.cluster_size
+                hot_units = self.plan.layers[layout.files[i].layer].hot // layout.cluster_size
                 store.gate_first_from = max(store.gate_first_from, hot_units)
                 self.stores.append(store)
             self._fill_prefilled()
@@ -324,6 +390,8 @@ class OffloadEngine:
         self._blas = threadpoolctl.ThreadpoolController()
         self.fixed_bytes = fixed
         self.cache_units = caps
+        # MoE: decode tokens routed to each expert, per layer (ExpertAware.from_routed reads it)
+        self.expert_counts = np.zeros((cfg.num_layers, experts), np.int64)
         self.t = 0
         self.kv = None
         self.last: StepStats | None = None
@@ -364,6 +432,10 @@ class OffloadEngine:
         self.close()
 
     # -- FFN ------------------------------------------------------------------------------------
+    def _store(self, layer: int, expert: int | None = None) -> FfnStore:
+        """The store of a layer's FFN (of one of its experts, for MoE)."""
+        return self.stores[self.layout.file_index(layer, expert)]
+
     def _units(self, i: int, clusters: np.ndarray) -> np.ndarray:
         lp, c = self.plan.layers[i], self.layout.cluster_size
         per = lp.cluster_size // c
@@ -402,13 +474,62 @@ class OffloadEngine:
                 )
         return out
 
+    def _moe_ffn(self, layer: int, p: dict, x, h, h_np: np.ndarray, decode: bool):
+        """An MoE layer's FFN for ``h [T, D]``: the router and the routed experts' predictors
+        run on the compute side (:func:`_moe_front`, jitted); on the host each routed expert's
+        FFN runs through its own store (decode: the scheduler, computing its hot block and the
+        clusters its mask marks; prefill and dense-stream: every unit, streamed), weighted by
+        the router and summed in the order in-memory sparse decode sums them.
+
+        Returns the output ``[T, D]``, units computed and cache hits among them."""
+        mode, preds = self._predictor_mode(decode)
+        lp = self.plan.layers[layer]
+        with self.timeline.span("attention", layer):
+            top_w, top_e, clusters = _moe_front(
+                p["router"],
+                None if preds is None else preds[layer],
+                np.float32(self.config.threshold),
+                self.layout.config,
+                lp,
+                mode,
+                x,
+                h,
+            )
+            top_w, top_e, clusters = np.asarray(top_w), np.asarray(top_e), np.asarray(clusters)
+        if decode:
+            np.add.at(self.expert_counts[layer], top_e[0], 1)
+        out = np.zeros(h_np.shape, np.float32)
+        units = hits = 0
+        if mode == "none":  # every unit of each routed expert, for the rows routed to it
+            for e in np.unique(top_e):
+                rows, js = np.nonzero(top_e == e)
+                store = self._store(layer, int(e))
+                hits += int(np.sum(store.cache.slot_of >= 0))
+                y = self._dense_ffn(store, layer, h_np[rows])
+                out[rows] += top_w[rows, js][:, None] * y
+                units += self.layout.units
+            return out, units, hits
+        for j, e in enumerate(top_e[0].tolist()):
+            store = self._store(layer, e)
+            need = self._units(layer, clusters[j])
+            if self.requests is not None:
+                self.requests.append((self.t, store.index, need))
+            hits += int(np.sum(store.cache.slot_of[need] >= 0))
+            out[0] += top_w[0, j] * self.scheduler.run(store, layer, h_np[0], need, self.t)
+            units += need.size
+        return out, units, hits
+
     # -- prefill and decode ----------------------------------------------------------------------
-    def _front_mode(self, decode: bool) -> tuple[str, list | None]:
+    def _predictor_mode(self, decode: bool) -> tuple[str, list | None]:
         if not decode or self.config.engine == "dense-stream":
             return "none", None
         if self.predictors and "clusters" in self.predictors[0]:
             return "replay", self.predictors
         return "predict", self.predictors
+
+    def _front_mode(self, decode: bool) -> tuple[str, list | None]:
+        # MoE: the predictors run per routed expert, after the router (_moe_ffn)
+        return ("none", None) if self.layout.config.is_moe else self._predictor_mode(decode)
 
     def _ahead_targets(self, i: int, mode: str) -> list[int]:
         """The layers whose units are read ahead when layer ``i``'s FFN is done: ``i + depth``
@@ -461,8 +582,12 @@ class OffloadEngine:
                 masks = [self._ahead_mask(j, mode, preds, x) for j in targets]
                 h_np = np.asarray(h)  # [T, D]
                 clusters = np.asarray(clusters)
-            store = self.stores[i]
-            if mode == "none":
+            store = self._store(i)
+            if cfg.is_moe:
+                out, n, hit = self._moe_ffn(i, p, x, h, h_np, decode)
+                units.append(n)
+                hits.append(hit)
+            elif mode == "none":
                 out = self._dense_ffn(store, i, h_np)
                 units.append(self.layout.units)
                 hits.append(int(np.sum(store.cache.slot_of >= 0)))
@@ -483,7 +608,7 @@ class OffloadEngine:
                 for j, m in zip(targets, masks, strict=True):
                     units_j = self._units(j, np.asarray(m))
                     self.prefetch_counts["prefetched"] += self.prefetcher.issue(
-                        j, self.stores[j], units_j
+                        j, self._store(j), units_j
                     )
                     ahead_for.add(j)
         return x, out, units, hits

@@ -72,7 +72,8 @@ class PipelineConfig:
       gate_first: Read gate rows first and up/down only where the gate fires.
       coalesce: Merge reads of adjacent units.
       prefetch: Cross-layer prefetch depth: when layer ``l``'s FFN is done, layer
-        ``l + prefetch``'s predicted units are read ahead (0: off). Decode only.
+        ``l + prefetch``'s predicted units are read ahead (0: off). Decode of dense-FFN
+        models only (an MoE layer's experts are not known before its router runs).
       prefetch_units: At most this many units read ahead per layer (the pool holds
         ``prefetch * prefetch_units`` rows).
     """

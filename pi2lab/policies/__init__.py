@@ -2,6 +2,7 @@
 
 from pi2lab.policies.base import Access, Policy, PolicyState, resident
 from pi2lab.policies.belady import Belady, BeladyState
+from pi2lab.policies.experts import ExpertAware
 from pi2lab.policies.recency import LFU, LRU, RecencyState, Window
 from pi2lab.policies.segmented import Segmented, SegmentedState
 from pi2lab.policies.static import StaticHot
@@ -12,6 +13,7 @@ __all__ = [
     "Access",
     "Belady",
     "BeladyState",
+    "ExpertAware",
     "Policy",
     "PolicyState",
     "RecencyState",
