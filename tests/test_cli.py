@@ -97,6 +97,8 @@ def test_info_kernels_and_sparse_memory(capsys):
         ([*GEN, "--top-k", "-1"], "top_k=-1: expected an integer >= 0"),
         ([*GEN, "--engine", "sparse", "--temperature", "nan"], "temperature=nan"),
         ([*GEN_OFFLOAD, "--top-p", "0"], "top_p=0.0: expected 0 < top_p <= 1"),
+        ([*GEN_OFFLOAD, "--prefetch", "-1"], "prefetch -1"),
+        ([*GEN, "--prefetch", "1"], "--prefetch: applies to the offload engines"),
         (["profile", "--tokens", "0", "--out", "{ckpt}.npz"], "token limit=0"),
         (["train-predictors", "--tokens", "-5", "--out", "{ckpt}.p"], "token limit=-5"),
         (["fidelity", "--sequences", "0"], "sequences=0: expected at least 1"),

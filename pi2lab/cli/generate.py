@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from pi2lab.cli.common import cluster_size_flag, load_for_engine, memory_budget
@@ -32,6 +33,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--threshold", type=float, default=0.0, help="predictor logit threshold (sparse engine)"
     )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="offload engines: cross-layer prefetch depth in layers (0 = off, the default)",
+    )
     cluster_size_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -39,8 +46,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from pi2lab.engine.generate import generate
-    from pi2lab.engine.offload import ENGINES
+    from pi2lab.engine.offload import ENGINES, OffloadConfig
+    from pi2lab.errors import ConfigError
 
+    pipeline = None
+    if args.prefetch is not None:
+        if args.engine not in ENGINES:
+            raise ConfigError(f"--prefetch: applies to the offload engines, not {args.engine}")
+        default = OffloadConfig(engine=args.engine).pipeline_config()
+        pipeline = dataclasses.replace(default, prefetch=args.prefetch)
     if args.engine in ENGINES:  # an offload engine opens the layout directory itself
         model, sparse = args.model, None
     else:
@@ -57,6 +71,7 @@ def run(args) -> int:
         sparse=sparse,
         memory_budget=args.memory_budget,
         threshold=args.threshold,
+        pipeline=pipeline,
     )
     if args.json:
         print(json.dumps(res.to_json()))

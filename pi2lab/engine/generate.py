@@ -19,6 +19,7 @@ from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import SparseDecoder
 from pi2lab.errors import ConfigError, PromptError
 from pi2lab.model.kv_cache import KVCache
+from pi2lab.pipeline.scheduler import PipelineConfig
 
 MIN_CAPACITY = 128
 
@@ -72,6 +73,7 @@ def generate(
     sparse: SparseDecoder | None = None,
     memory_budget: MemoryBudget | str | float = 0.5,
     threshold: float = 0.0,
+    pipeline: PipelineConfig | None = None,
 ) -> GenerationResult:
     """Generates up to ``max_new_tokens`` after ``prompt`` (text, or token ids ``[P]``).
 
@@ -82,7 +84,8 @@ def generate(
     ``dense-stream``, see :mod:`pi2lab.engine.offload`) take as ``model`` a flash layout
     directory (written by ``pi2lab convert``) or an open :class:`OffloadEngine`, and decode
     within ``memory_budget``; a directory is opened with the predictor logit ``threshold``
-    (the sparse engine's is in ``sparse``).
+    (the sparse engine's is in ``sparse``) and ``pipeline`` (overlap mode, I/O threads,
+    cross-layer prefetch depth; default per engine).
 
     Raises:
       ConfigError: an unknown engine, or a sampling knob out of range (temperature < 0,
@@ -97,7 +100,9 @@ def generate(
         return _generate(model, None, engine, sparse, *args)
     if isinstance(model, OffloadEngine):
         return _generate(model.model, model, engine, None, *args)
-    config = OffloadConfig(engine=engine, memory_budget=memory_budget, threshold=threshold)
+    config = OffloadConfig(
+        engine=engine, memory_budget=memory_budget, threshold=threshold, pipeline=pipeline
+    )
     with OffloadEngine(model, config) as eng:
         return _generate(eng.model, eng, engine, None, *args)
 
