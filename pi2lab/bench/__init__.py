@@ -8,26 +8,45 @@ so sweeps and scripts read columns.
 from __future__ import annotations
 
 from pi2lab.bench import dense, offload, peer, planner, sparse
+from pi2lab.bench.grid import Knob, parse_grid
 from pi2lab.bench.rows import provenance
 from pi2lab.errors import ConfigError
 
+BENCHES = {
+    "dense": dense.bench_dense,
+    "peer": peer.bench_peer,
+    "sparse": sparse.bench_sparse,
+    "offload": offload.bench_offload,
+    "planner": planner.bench_planner,
+}
+KNOBS: dict[str, tuple[Knob, ...]] = {  # what each bench's grid can vary
+    "dense": dense.KNOBS,
+    "peer": (),
+    "sparse": sparse.KNOBS,
+    "offload": offload.KNOBS,
+    "planner": planner.KNOBS,
+}
 
-def run(what: str, **kwargs) -> dict:
-    benches = {
-        "dense": dense.bench_dense,
-        "peer": peer.bench_peer,
-        "sparse": sparse.bench_sparse,
-        "offload": offload.bench_offload,
-        "planner": planner.bench_planner,
-    }
-    if what not in benches:
-        raise ConfigError(f"bench {what!r}: expected one of {', '.join(benches)}")
+
+def run(what: str, *, grid: dict | None = None, **kwargs) -> dict:
+    """Runs the bench ``what``; ``grid`` maps knobs of :data:`KNOBS` to values (a
+    comma-separated string, a list or one value), which the bench runs in every combination
+    (knobs left out keep their defaults).
+
+    Raises:
+      ConfigError: an unknown bench, a meaningless size, a knob the bench does not have or a
+        bad value (before anything is measured).
+    """
+    if what not in BENCHES:
+        raise ConfigError(f"bench {what!r}: expected one of {', '.join(BENCHES)}")
     for name in ("steps", "layers"):
         if kwargs.get(name) is not None and kwargs[name] < 1:
             raise ConfigError(f"{name}={kwargs[name]}: expected at least 1")
+    if grid:
+        kwargs["grid"] = parse_grid(grid, KNOBS[what], f"bench {what}")
     meta = provenance()
     return {
-        **benches[what](**{k: v for k, v in kwargs.items() if v is not None}),
+        **BENCHES[what](**{k: v for k, v in kwargs.items() if v is not None}),
         "provenance": meta,
     }
 
@@ -38,8 +57,13 @@ def format_table(result: dict) -> str:
         f"pi2lab bench {result['bench']}  ({result['machine']['backend']}, "
         f"jax {result['machine']['jax']}, commit {commit})"
     ]
+    if "grid" in result:
+        lines.append("  grid: " + "; ".join(f"{k} {v}" for k, v in result["grid"].items()))
     for name, row in result.items():
-        if isinstance(row, dict) and "tokens_per_s" in row:
+        if isinstance(row, dict) and "knobs" in row and "engines" in row:
+            lines.append(f"  {name}: {row['model']}")
+            lines += [_engine_line(engine, r) for engine, r in row["engines"].items()]
+        elif isinstance(row, dict) and "tokens_per_s" in row:
             lines.append(
                 f"  {name:<14} {row['tokens_per_s']:>9.2f} tokens/s   "
                 f"{row['weight_mb_per_token']:>8.1f} MB weights/token   "
@@ -168,9 +192,10 @@ def _planner_lines(name: str, row: dict) -> list[str]:
             f"    {r['plan']:<16} measured {r['measured_tokens_per_s']:>7.2f} tokens/s  predicted "
             f"{r['predicted_tokens_per_s']:>7.2f} ({r['error']:+.0%}){sim}"
         )
+    pct = lambda x: "n/a" if x is None else f"{x:.1%}"
     lines.append(
         f"    median |error| over the plans not fitted on: cost model "
-        f"{row['median_abs_error']:.1%}, simulator {row['simulated_median_abs_error']:.1%}; "
+        f"{pct(row['median_abs_error'])}, simulator {pct(row['simulated_median_abs_error'])}; "
         f"planner / best grid plan at 50%: {row['planner_vs_best_grid_at_50%']}"
     )
     lines.append(f"    planner's plan: {row['planner']['plan_json']}")

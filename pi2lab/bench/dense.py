@@ -9,9 +9,25 @@ import jax
 import numpy as np
 
 from pi2lab.bench.common import decode_rate, dense_step, machine
+from pi2lab.bench.grid import Knob, choice, expand, labels
 from pi2lab.config import ModelConfig
-from pi2lab.model.params import init_params
+from pi2lab.model.params import init_params, quantize_params
 from pi2lab.model.pretrained import load_pretrained
+
+KNOBS = (
+    Knob(
+        name="model",
+        read=choice("bundled", "synthetic-7b"),
+        default=("bundled", "synthetic-7b"),
+        help="the bundled model, the synthetic model of Llama-7B layer shapes",
+    ),
+    Knob(
+        name="precision",
+        read=choice("f32", "int8", "int4"),
+        default=("f32",),
+        help="weights in memory: f32, or quantized at load (the int8/int4 block format)",
+    ),
+)
 
 
 def decode_weight_bytes(params: dict, cfg: ModelConfig) -> int:
@@ -45,33 +61,65 @@ def time_decode(
     }
 
 
+def _model(name: str, layers: int) -> tuple[dict, ModelConfig, dict]:
+    """The ``model`` knob's model: (params, config, description)."""
+    if name == "bundled":
+        model = load_pretrained("builtin")
+        cfg = model.config
+        about = {"model": str(model.path.name), "layers": cfg.num_layers}
+        return (
+            model.params,
+            cfg,
+            {
+                **about,
+                "hidden": cfg.hidden_size,
+                "ffn": cfg.intermediate_size,
+                "dtype": str(model.dtype),
+            },
+        )
+    cfg = ModelConfig.synthetic_7b(num_layers=layers, intermediate_size=11008)
+    about = {"layers": layers, "hidden": cfg.hidden_size, "ffn": cfg.intermediate_size}
+    return (
+        init_params(cfg, jax.random.key(0)),
+        cfg,
+        {**about, "vocab": cfg.vocab_size, "dtype": "float32"},
+    )
+
+
 def bench_dense(
-    *, quick: bool = False, steps: int | None = None, layers: int | None = None
+    *,
+    quick: bool = False,
+    steps: int | None = None,
+    layers: int | None = None,
+    grid: dict | None = None,
 ) -> dict:
+    """The bundled and the synthetic 7B-shaped model's dense decode in f32; with ``grid``
+    (:data:`KNOBS` -> values, see :func:`pi2lab.bench.grid.parse_grid`) one section per
+    combination of model and weight precision instead, named after its knob values."""
     steps = steps or (8 if quick else 64)
     layers = layers or (2 if quick else 4)
-    model = load_pretrained("builtin")
-    bundled = time_decode(model.params, model.config, steps=steps)
-    cfg7b = ModelConfig.synthetic_7b(num_layers=layers, intermediate_size=11008)
-    params7b = init_params(cfg7b, jax.random.key(0))
-    synthetic = time_decode(params7b, cfg7b, steps=max(4, steps // 4))
-    return {
-        "bench": "dense",
-        "machine": machine(),
-        "bundled": {
-            "model": str(model.path.name),
-            "layers": model.config.num_layers,
-            "hidden": model.config.hidden_size,
-            "ffn": model.config.intermediate_size,
-            "dtype": str(model.dtype),
-            **bundled,
-        },
-        "synthetic_7b": {
-            "layers": layers,
-            "hidden": cfg7b.hidden_size,
-            "ffn": cfg7b.intermediate_size,
-            "vocab": cfg7b.vocab_size,
-            "dtype": "float32",
-            **synthetic,
-        },
-    }
+    out = {"bench": "dense", "machine": machine()}
+    if grid is None:
+        for name, section in (("bundled", "bundled"), ("synthetic-7b", "synthetic_7b")):
+            params, cfg, about = _model(name, layers)
+            n = steps if name == "bundled" else max(4, steps // 4)
+            out[section] = {**about, **time_decode(params, cfg, steps=n)}
+        return out
+    out["grid"] = {k: list(v) for k, v in grid.items()}
+    points = expand(grid, KNOBS)  # the model varies slowest: each is loaded once
+    model = None
+    for point, section in zip(points, labels(points, grid), strict=True):
+        if point["model"] != model:
+            model = point["model"]
+            params, cfg, about = _model(model, layers)
+        precision = point["precision"]
+        quantized = precision != "f32"
+        weights = quantize_params(params, precision) if quantized else params
+        n = steps if model == "bundled" else max(4, steps // 4)
+        out[section] = {
+            "knobs": point,
+            **about,
+            **({"dtype": precision} if quantized else {}),
+            **time_decode(weights, cfg, steps=n),
+        }
+    return out

@@ -20,14 +20,22 @@ decode on the same quantized weights; bytes and reads per token, hit rate and I/
 critical path per engine; hit rate per cache policy replayed through the policy code on the
 same masks (with the Belady bound); and the storage bandwidth curve of the file the bundles
 are read from.
+
+With a grid (:data:`KNOBS`: model, engine, budget, policy, overlap mode, I/O threads, depth,
+cross-layer prefetch, precision, cluster size), one configuration per combination instead,
+each a section named after its values (:func:`bench_grid`); :func:`measure_points` is what
+runs them, for sweeps (:mod:`pi2lab.lab`) too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import gc
 import tempfile
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -36,11 +44,13 @@ import numpy as np
 import psutil
 
 from pi2lab.bench.common import machine
+from pi2lab.bench.grid import Knob, choice, count, expand, labels, policy_name, share
 from pi2lab.bench.sparse import synthetic_config, synthetic_masks
+from pi2lab.budget import MemoryBudget
 from pi2lab.cache import simulate
 from pi2lab.config import ModelConfig
 from pi2lab.convert import convert, convert_pretrained
-from pi2lab.engine.offload import OffloadConfig, OffloadEngine
+from pi2lab.engine.offload import ENGINE_POLICY, ENGINES, OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
 from pi2lab.errors import StorageError
@@ -49,15 +59,23 @@ from pi2lab.kernels.sparse_ffn import sparse_layout
 from pi2lab.kernels.sparse_plan import SparsePlan
 from pi2lab.model.kv_cache import KVCache
 from pi2lab.model.params import quantize_params
-from pi2lab.model.pretrained import data_dir, load_pretrained
-from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.model.pretrained import data_dir, load_config, load_pretrained, resolve
+from pi2lab.pipeline.scheduler import OverlapMode, PipelineConfig
 from pi2lab.policies import Belady, ExpertAware
 from pi2lab.policies.registry import make_policy
 from pi2lab.predict.placement import coactivation_order
 from pi2lab.predict.profile import ActivationTrace
 from pi2lab.predict.synthetic import zipf_frequency
 from pi2lab.storage.io import measure_bandwidth
-from pi2lab.storage.layout import FFN_KEYS, StorageDtype, default_cluster_size, open_layout
+from pi2lab.storage.layout import (
+    BITS,
+    FFN_KEYS,
+    HEADER,
+    FlashLayout,
+    StorageDtype,
+    default_cluster_size,
+    open_layout,
+)
 
 ENGINE_RUNS = {  # name -> settings
     "powerinfer2": OffloadConfig(engine="powerinfer2", memory_budget=0.5),
@@ -98,17 +116,55 @@ def synthetic_layout(
     """The synthetic model's flash layout at ``path`` (units of ``unit`` neurons), written once
     (random normal weights, std 0.02) and reused while it opens with the same config, plan,
     unit and bundle dtype."""
-    try:
-        layout = open_layout(path)
-        if (layout.config, layout.plan, layout.cluster_size, layout.dtype) == (
-            cfg,
-            plan,
-            unit,
-            dtype,
-        ):
-            return layout
-    except StorageError:
-        pass
+    return cached_layout(
+        path,
+        lambda layout: (
+            (layout.config, layout.plan, layout.cluster_size, layout.dtype)
+            == (cfg, plan, unit, dtype)
+        ),
+        lambda: _write_synthetic(cfg, plan, path, seed, dtype, unit),
+    )
+
+
+def cached_layout(
+    path: Path, fresh: Callable[[FlashLayout], bool], write: Callable[[], Path]
+) -> FlashLayout:
+    """The layout at ``path`` if it opens and is ``fresh``, else the one ``write()`` makes
+    there. One process writes at a time (an exclusive lock on a file beside ``path``), so
+    processes asking for the same layout at once (a sweep's workers) wait for the first
+    rather than replace its files under each other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            layout = open_layout(path)
+            if fresh(layout):
+                return layout
+        except StorageError:
+            pass
+        return open_layout(write())
+
+
+def bundled_layout(cluster_size: int | None = None, dtype: StorageDtype = "f32") -> FlashLayout:
+    """The bundled model (with its predictors and plan) as a flash layout of ``dtype`` bundles
+    in units of ``cluster_size`` neurons (default: :func:`convert`'s), converted once under
+    :func:`pi2lab.fileio.bench_dir` and reused while it is newer than the model's files."""
+    source = resolve("builtin")
+    cfg = load_config(source)
+    unit = cluster_size or default_cluster_size(cfg.intermediate_size, cfg.hidden_size, dtype)
+    path = bench_dir() / f"{source.name}-c{unit}-{dtype}"
+    newest = max(f.stat().st_mtime for f in source.iterdir() if f.is_file())
+
+    def fresh(layout: FlashLayout) -> bool:
+        same = (layout.config, layout.cluster_size, layout.dtype) == (cfg, unit, dtype)
+        return same and (layout.path / HEADER).stat().st_mtime > newest
+
+    return cached_layout(
+        path, fresh, lambda: convert_pretrained(source, path, cluster_size=unit, dtype=dtype)
+    )
+
+
+def _write_synthetic(cfg, plan, path, seed, dtype, unit) -> Path:
     rng = np.random.default_rng(seed)
     d, f, g, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_kv_heads, cfg.head_dim
 
@@ -150,7 +206,7 @@ def synthetic_layout(
     }
     if not cfg.tie_word_embeddings:
         params["lm_head"] = normal(cfg.vocab_size, d)
-    return open_layout(convert(cfg, params, path, dtype=dtype, cluster_size=unit, plan=plan))
+    return convert(cfg, params, path, dtype=dtype, cluster_size=unit, plan=plan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,11 +248,16 @@ def _router(rng, cfg: ModelConfig, shared: np.ndarray) -> np.ndarray:
 
 
 def coactivated_model(
-    layers: int, tokens: int, cluster_size: int = 4, seed: int = 0, fit: int = 1024
+    layers: int,
+    tokens: int,
+    cluster_size: int = 4,
+    seed: int = 0,
+    fit: int = 1024,
+    dtype: StorageDtype = "int4",
 ):
     """The synthetic model with co-activated firing (``bench sparse``'s latent groups of 64
-    neurons) as a flash layout of int4 units of ``cluster_size`` neurons: the hot block and the
-    cold neurons' co-activation order fitted on ``fit`` tokens, then cold-cluster masks
+    neurons) as a flash layout of ``dtype`` units of ``cluster_size`` neurons: the hot block and
+    the cold neurons' co-activation order fitted on ``fit`` tokens, then cold-cluster masks
     ``[tokens, L, NC]`` from later tokens (each layer its own). The weights
     are random, so placing neurons in co-activation order is renumbering the masks' neurons;
     the units on flash hold neurons that fire together."""
@@ -209,8 +270,8 @@ def coactivated_model(
     hot = plan.layers[0].hot
     perm = coactivation_order(neurons[:fit], hot, cluster_size)
     later = neurons[fit:, perm][:, hot:].reshape(tokens, layers, -1, cluster_size)
-    path = bench_dir() / f"synthetic-7b-{layers}l-int4-c{cluster_size}"
-    layout = synthetic_layout(cfg, plan, path, seed, "int4", unit=cluster_size)
+    path = bench_dir() / f"synthetic-7b-{layers}l-{dtype}-c{cluster_size}"
+    layout = synthetic_layout(cfg, plan, path, seed, dtype, unit=cluster_size)
     return layout, later.any(-1)
 
 
@@ -250,6 +311,7 @@ def _run_engines(
     prompt,
     ahead=None,
     temperature: float = 0.0,
+    timelines: bool = False,
 ) -> tuple[dict, dict]:
     """Opens every engine, then decodes ``steps`` tokens with each in turn, ``repeats`` times
     (a warm-up block first, not counted). ``masks_for(block) -> [steps, L, NC]`` (MoE:
@@ -257,9 +319,11 @@ def _run_engines(
     predictions (:func:`ahead_masks`). Greedy, or sampled at ``temperature`` with one key for
     all engines (the same tokens where the logits agree).
 
-    Returns each engine's summary, and the memory the engines say they hold (all open, after
-    the warm-up block filled their caches) beside the process's resident memory growth since
-    before the first opened."""
+    Returns each engine's record (``blocks``: the :class:`~pi2lab.engine.offload.StepStats`
+    of each counted block; ``memory_bytes``; with ``timelines``, ``timelines``: each block's
+    last token as :meth:`Timeline.rows <pi2lab.pipeline.timeline.Timeline.rows>`), and the
+    memory the engines say they hold (all open, after the warm-up block filled their caches)
+    beside the process's resident memory growth since before the first opened."""
     knobs, key = SamplingKnobs.make(temperature), jax.random.key(0)
     engines, state, out = {}, {}, {}
     gc.collect()  # what earlier runs left is freed before the baseline, not during
@@ -274,12 +338,13 @@ def _run_engines(
             engines[name] = eng
             token = eng.prefill(prompt, key, knobs)
             state[name] = (len(prompt), token)
-            out[name] = {"seconds": [], "stats": [], "memory_bytes": eng.memory_bytes}
+            out[name] = {"blocks": [], "timelines": [], "memory_bytes": eng.memory_bytes}
         for block in range(repeats + 1):
             masks = masks_for(block)
             predicted = None if masks is None or ahead is None else ahead(masks)
             for name, eng in engines.items():
                 pos, token = state[name]
+                stats = []
                 for t in range(steps):
                     if masks is not None:  # replayed: the engine runs no predictor
                         eng.predictors = _replayed(
@@ -287,10 +352,12 @@ def _run_engines(
                         )
                     token, _ = eng.step(token, pos, key, knobs)
                     pos += 1
-                    if block:  # block 0 warms caches and compiles
-                        out[name]["seconds"].append(eng.last.seconds)
-                        out[name]["stats"].append(eng.last)
+                    stats.append(eng.last)
                 state[name] = (pos, token)
+                if block:  # block 0 warms caches and compiles
+                    out[name]["blocks"].append(stats)
+                    if timelines:
+                        out[name]["timelines"].append(eng.timeline.rows())
             if block == 0:
                 memory = {
                     "accounted_mb": round(sum(e.memory_bytes for e in engines.values()) / 1e6, 1),
@@ -299,16 +366,19 @@ def _run_engines(
     finally:
         for eng in engines.values():
             eng.close()
-    return {name: _summary(row) for name, row in out.items()}, memory
+    return out, memory
 
 
-def _summary(row: dict) -> dict:
-    stats = row["stats"]
+def figures(stats: list) -> dict:
+    """What decode tokens' :class:`~pi2lab.engine.offload.StepStats` add up to: tokens/s
+    (1 / the median token's seconds), bytes and reads per token, hit rate, I/O share, and
+    cross-layer prefetch's recall and precision where it ran."""
     units = sum(sum(s.units) for s in stats)
     hits = sum(sum(s.hits) for s in stats)
+    seconds = float(np.median([s.seconds for s in stats]))
     return {
-        "tokens_per_s": round(1.0 / float(np.median(row["seconds"])), 3),
-        "ms_per_token": round(float(np.median(row["seconds"])) * 1e3, 2),
+        "tokens_per_s": round(1.0 / seconds, 3),
+        "ms_per_token": round(seconds * 1e3, 2),
         "tokens": len(stats),
         "mb_read_per_token": round(float(np.mean([s.bytes_read for s in stats])) / 1e6, 3),
         "reads_per_token": round(float(np.mean([s.reads for s in stats])), 1),
@@ -317,7 +387,6 @@ def _summary(row: dict) -> dict:
         ),
         "hit_rate": round(hits / max(units, 1), 4),
         "io_share": round(float(np.median([s.io_share for s in stats])), 4),
-        "memory_mb": round(row["memory_bytes"] / 1e6, 1),
     } | _prefetch_summary(stats)
 
 
@@ -331,6 +400,19 @@ def _prefetch_summary(stats: list) -> dict:
         "prefetch_recall": round(used / max(sum(s.prefetch_misses for s in stats), 1), 4),
         "prefetch_precision": round(used / prefetched, 4),
     }
+
+
+def _summary(record: dict) -> dict:
+    """An engine's figures over every counted token, with each block's tokens/s as ``runs``."""
+    return {
+        **figures([s for block in record["blocks"] for s in block]),
+        "runs": [figures(block)["tokens_per_s"] for block in record["blocks"]],
+        "memory_mb": round(record["memory_bytes"] / 1e6, 1),
+    }
+
+
+def _summaries(records: dict) -> dict:
+    return {name: _summary(record) for name, record in records.items()}
 
 
 def policy_hit_rates(unit_masks: list[np.ndarray], capacity: int) -> dict:
@@ -402,7 +484,8 @@ def _jax_sparse_rate(
 def bench_bundled(steps: int, repeats: int, workdir: Path) -> dict:
     layout = open_layout(convert_pretrained("builtin", workdir / "pydoc-drelu"))
     prompt = load_pretrained("builtin").encode("Return the number of items in a sequence")
-    engines, memory = _run_engines(layout, ENGINE_RUNS, lambda b: None, steps, repeats, prompt)
+    records, memory = _run_engines(layout, ENGINE_RUNS, lambda b: None, steps, repeats, prompt)
+    engines = _summaries(records)
     trace = ActivationTrace.load(data_dir() / "traces" / "pydoc-drelu.npz")
     c = layout.cluster_size
     masks = [
@@ -451,9 +534,10 @@ def bench_synthetic(
     blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
     prompt = np.arange(1, 5, dtype=np.int32)
     runs = {**ENGINE_RUNS, **SYNTHETIC_EXTRA}
-    engines, memory = _run_engines(
+    records, memory = _run_engines(
         layout, runs, lambda b: blocks[b], steps, repeats, prompt, _ahead_fn(predictor, seed + 3)
     )
+    engines = _summaries(records)
     params = jax.tree.map(jnp.asarray, layout.full_params())
     all_masks = np.concatenate(blocks[1:])
     quantized = dtype if dtype in ("int8", "int4") else None
@@ -503,9 +587,10 @@ def bench_coactivated(
     layout, masks = coactivated_model(layers, (repeats + 1) * steps + long, cluster_size)
     blocks = masks[:-long].reshape(repeats + 1, steps, *masks.shape[1:])
     prompt = np.arange(1, 5, dtype=np.int32)
-    engines, memory = _run_engines(
+    records, memory = _run_engines(
         layout, ENGINE_RUNS, lambda b: blocks[b], steps, repeats, prompt, _ahead_fn(predictor, 5)
     )
+    engines = _summaries(records)
     active = float(np.mean(blocks[1:]))
     return {
         "model": f"synthetic dReLU, {layers} layers of 7B shape, int4 bundles, co-activated "
@@ -538,10 +623,10 @@ def bench_precisions(steps: int, repeats: int, layers: int, seed: int = 0) -> di
         blocks = [replay_masks(rng, frequency, plan, steps) for _ in range(repeats + 1)]
         run = {"powerinfer2": ENGINE_RUNS["powerinfer2"]}
         prompt = np.arange(1, 5, dtype=np.int32)
-        row, memory = _run_engines(
+        records, memory = _run_engines(
             layout, run, lambda b, blocks=blocks: blocks[b], steps, repeats, prompt
         )
-        rows[dtype] = {"unit_kb": layout.stride / 1024, **row["powerinfer2"]}
+        rows[dtype] = {"unit_kb": layout.stride / 1024, **_summary(records["powerinfer2"])}
         rows[dtype] |= {f"engine_{k}": v for k, v in memory.items()}
     return rows
 
@@ -636,9 +721,10 @@ def bench_mixtral(
         ),
     }
     prompt = np.arange(1, 5, dtype=np.int32)
-    engines, memory = _run_engines(
+    records, memory = _run_engines(
         layout, runs, lambda b: blocks[b], steps, repeats, prompt, temperature=1.0
     )
+    engines = _summaries(records)
     rate = {name: row["tokens_per_s"] for name, row in engines.items()}
     pi2 = rate["powerinfer2"]
     active = float(np.mean(blocks[1:]))
@@ -686,10 +772,157 @@ def _ratios(engines: dict) -> dict:
     return out
 
 
-def bench_offload(quick: bool = False, steps: int | None = None, layers: int | None = None):
+# -- grids --------------------------------------------------------------------------------------
+MODELS = ("bundled", "synthetic-7b")
+KNOBS = (
+    Knob(
+        name="model",
+        read=choice(*MODELS),
+        default=("bundled",),
+        help="the bundled model with its predictors, or the synthetic model of 7B layer shapes "
+        "with co-activated masks (10%) replayed",
+    ),
+    Knob(name="engine", read=choice(*ENGINES), default=("powerinfer2",), help="offload engine"),
+    Knob(name="budget", read=share(), default=(0.5,), help="neuron cache, share of the FFN bytes"),
+    Knob(name="policy", read=policy_name, help="cache policy (default: the engine's)"),
+    Knob(
+        name="hot_fraction",
+        read=share(zero=True),
+        default=(0.5,),
+        help="segmented policy: share of the cache in the hot segment",
+    ),
+    Knob(
+        name="mode",
+        read=choice(*typing.get_args(OverlapMode)),
+        help="overlap of reads and compute: none, matrix, cluster (default: the engine's)",
+    ),
+    Knob(name="io_threads", read=count(), default=(1,), help="reader threads"),
+    Knob(
+        name="depth",
+        read=count(),
+        default=(PipelineConfig().depth,),
+        help="units in flight (cluster overlap), also the staging rows",
+    ),
+    Knob(
+        name="prefetch",
+        read=count(0),
+        default=(PipelineConfig().prefetch,),
+        help="cross-layer prefetch: layers read ahead (0: off)",
+    ),
+    Knob(
+        name="precision",
+        read=choice(*BITS),
+        help="bundles on flash: f32, f16, int8, int4 (default: f32 bundled, int4 synthetic)",
+    ),
+    Knob(
+        name="cluster_size",
+        read=count(),
+        help="neurons per unit on flash, one read (default: convert's for the bundled model, "
+        "1 for the synthetic one)",
+    ),
+)
+
+
+def resolve_point(point: dict) -> dict:
+    """A grid point with every default (None) replaced by what the engine or model uses."""
+    p = dict(point)
+    engine = OffloadConfig(engine=p["engine"])
+    p["policy"] = p["policy"] or ENGINE_POLICY[p["engine"]]
+    p["mode"] = p["mode"] or engine.pipeline_config().mode
+    p["precision"] = p["precision"] or ("f32" if p["model"] == "bundled" else "int4")
+    if p["cluster_size"] is None and p["model"] == "bundled":
+        cfg = load_config(resolve("builtin"))
+        p["cluster_size"] = default_cluster_size(
+            cfg.intermediate_size, cfg.hidden_size, p["precision"]
+        )
+    p["cluster_size"] = p["cluster_size"] or 1
+    return p
+
+
+def point_config(point: dict) -> OffloadConfig:
+    """The :class:`~pi2lab.engine.offload.OffloadConfig` of a resolved grid point."""
+    return OffloadConfig(
+        engine=point["engine"],
+        memory_budget=MemoryBudget.share(point["budget"]),
+        policy=point["policy"],
+        hot_fraction=point["hot_fraction"],
+        pipeline=PipelineConfig(
+            mode=point["mode"],
+            io_threads=point["io_threads"],
+            depth=point["depth"],
+            prefetch=point["prefetch"],
+        ),
+    )
+
+
+def measure_points(
+    points: list[dict], *, steps: int, repeats: int, layers: int, timelines: bool = False
+) -> dict[int, dict]:
+    """Measures resolved grid points (:func:`resolve_point`) on this machine: the points on
+    one layout (model, precision, cluster size) opened together and interleaved block by
+    block (:func:`_run_engines`), one layout after another.
+
+    Returns point index -> the engine's record (``blocks``, ``memory_bytes``, ``timelines``)
+    with ``model``: the layout's description."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(points):
+        groups.setdefault((p["model"], p["precision"], p["cluster_size"]), []).append(i)
+    out = {}
+    for (model, precision, unit), members in groups.items():
+        if model == "bundled":
+            layout, masks = bundled_layout(unit, precision), None
+            prompt = load_pretrained("builtin").encode("Return the number of items in a sequence")
+            about = f"pydoc-drelu (bundled, its predictors), {precision} bundles"
+        else:
+            layout, masks = coactivated_model(layers, (repeats + 1) * steps, unit, dtype=precision)
+            masks = masks.reshape(repeats + 1, steps, *masks.shape[1:])
+            prompt = np.arange(1, 5, dtype=np.int32)
+            about = (
+                f"synthetic dReLU, {layers} layers of 7B shape, {precision} bundles, co-activated "
+                "masks (10%) replayed (prefetch: exact cross-layer predictions)"
+            )
+        runs = {i: point_config(points[i]) for i in members}
+        masks_for = (lambda b: None) if masks is None else (lambda b, m=masks: m[b])
+        ahead = None if masks is None else _ahead_fn((1.0, 1.0), 5)
+        records, _ = _run_engines(
+            layout, runs, masks_for, steps, repeats, prompt, ahead, timelines=timelines
+        )
+        for i, record in records.items():
+            out[i] = {
+                **record,
+                "model": f"{about}, {unit}-neuron units of {layout.stride / 1024:g} KiB",
+            }
+    return out
+
+
+def bench_grid(grid: dict, steps: int, repeats: int, layers: int) -> dict:
+    """One section per combination of ``grid``'s values (:data:`KNOBS`), named after them."""
+    points = [resolve_point(p) for p in expand(grid, KNOBS)]
+    records = measure_points(points, steps=steps, repeats=repeats, layers=layers)
+    out = {"grid": {k: list(v) for k, v in grid.items()}}
+    for i, (point, name) in enumerate(zip(points, labels(points, grid), strict=True)):
+        out[name] = {
+            "knobs": point,
+            "model": records[i]["model"],
+            "engines": {point["engine"]: _summary(records[i])},
+        }
+    return out
+
+
+def bench_offload(
+    quick: bool = False,
+    steps: int | None = None,
+    layers: int | None = None,
+    grid: dict | None = None,
+):
+    """Every section of ``pi2lab bench offload`` (``quick``: fewer steps, the bundled model
+    only unless ``layers`` is given); with ``grid`` (:data:`KNOBS` -> values) one section per
+    combination instead (:func:`bench_grid`)."""
     steps = steps or (4 if quick else 12)
     repeats = 1 if quick else 3
     result = {"bench": "offload", "machine": machine()}
+    if grid is not None:
+        return {**result, **bench_grid(grid, steps, repeats, layers or (1 if quick else 4))}
     bench_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=bench_dir()) as tmp:  # O_DIRECT-capable, not tmpfs
         result["bundled"] = bench_bundled(steps, repeats, Path(tmp))

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.bench.common import machine
+from pi2lab.bench.grid import Knob, choice, count, expand, share
 from pi2lab.bench.offload import replay_masks, synthetic_model, units_from_clusters
 from pi2lab.convert import convert_pretrained
 from pi2lab.engine.offload import OffloadConfig, OffloadEngine
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.fileio import bench_dir
-from pi2lab.pipeline.scheduler import PipelineConfig
+from pi2lab.pipeline.scheduler import OverlapMode, PipelineConfig
 from pi2lab.plan.cost import PlanChoice, calibrate, calibrate_reads, token_seconds
 from pi2lab.plan.measure import measure as measure_hw
 from pi2lab.plan.phones import resolve_profile
@@ -42,6 +44,17 @@ GRID_PIPES = (
     PipelineConfig(mode="cluster", io_threads=1),
     PipelineConfig(mode="cluster", io_threads=2),
     PipelineConfig(mode="matrix", io_threads=1),
+)
+FIT = (0.5, GRID_PIPES[0])  # the hand-made plan the read overhead is fitted on
+KNOBS = (  # replace the grid's axes (budgets x overlap mode x I/O threads)
+    Knob(name="budget", read=share(), default=GRID_BUDGETS, help="neuron cache, share of FFN"),
+    Knob(
+        name="mode",
+        read=choice(*typing.get_args(OverlapMode)),
+        default=("cluster",),
+        help="overlap of reads and compute",
+    ),
+    Knob(name="io_threads", read=count(), default=(1,), help="reader threads"),
 )
 
 
@@ -68,27 +81,44 @@ def measure(layout, config: OffloadConfig, tokens: int, *, prompts=None, masks=N
     return float(np.median(seconds))
 
 
-def _grid(stats, layout, profile):
-    for budget, pipe in itertools.product(GRID_BUDGETS, GRID_PIPES):
-        units = int(budget * layout.units)
-        caps = tuple([units] * len(stats.layers))
-        choice = PlanChoice(policy="segmented-0.5", pipeline=pipe)
-        terms = token_seconds(stats, caps, choice, profile)
-        memory = stats.fixed_bytes + stats.staging_bytes + sum(caps) * layout.stride
-        yield (
-            budget,
-            ExecutionPlan(
-                choice=choice,
-                layer_units=caps,
-                memory_bytes=memory,
-                predicted_tokens_per_s=1.0 / terms["total"],
-                terms=terms,
-            ),
-        )
+def _hand_plan(stats, layout, profile, budget: float, pipe: PipelineConfig) -> ExecutionPlan:
+    """The segmented cache at ``budget`` split evenly over the layers, with ``pipe``."""
+    units = int(budget * layout.units)
+    caps = tuple([units] * len(stats.layers))
+    plan_choice = PlanChoice(policy="segmented-0.5", pipeline=pipe)
+    terms = token_seconds(stats, caps, plan_choice, profile)
+    return ExecutionPlan(
+        choice=plan_choice,
+        layer_units=caps,
+        memory_bytes=stats.fixed_bytes + stats.staging_bytes + sum(caps) * layout.stride,
+        predicted_tokens_per_s=1.0 / terms["total"],
+        terms=terms,
+    )
 
 
-def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_masks=None) -> dict:
-    """Predicted against measured tokens/s for the grid and the planner's plan."""
+def grid_pipes(grid: dict) -> tuple[tuple[float, ...], tuple[PipelineConfig, ...]]:
+    """Budgets and pipelines of a ``grid`` of :data:`KNOBS` (every mode x I/O threads; the
+    knobs it leaves out at their defaults)."""
+    points = expand(grid, KNOBS)
+    pipes = dict.fromkeys(
+        PipelineConfig(mode=p["mode"], io_threads=p["io_threads"]) for p in points
+    )
+    return tuple(dict.fromkeys(p["budget"] for p in points)), tuple(pipes)
+
+
+def validate(
+    layout,
+    profile,
+    tokens: int,
+    *,
+    prompts=None,
+    masks=None,
+    unit_masks=None,
+    budgets=GRID_BUDGETS,
+    pipes=GRID_PIPES,
+) -> dict:
+    """Predicted against measured tokens/s for the hand-made plans ``budgets x pipes`` and the
+    planner's plan (host costs fitted on the all-resident run and on :data:`FIT`)."""
     if unit_masks is None:
         unit_masks, resident_s = record_requests(layout, prompts, tokens)
     else:
@@ -96,8 +126,7 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
         resident_s = measure(layout, resident, tokens, prompts=prompts, masks=masks)
     stats = layout_stats(layout, unit_masks)
     stats = calibrate(stats, profile, resident_s, PlanChoice())
-    grid = list(_grid(stats, layout, profile))
-    fit = next(p for b, p in grid if b == 0.5 and p.choice.pipeline == GRID_PIPES[0])
+    fit = _hand_plan(stats, layout, profile, *FIT)
     fit_s = measure(layout, fit.offload_config(), tokens, prompts=prompts, masks=masks)
     stats = calibrate_reads(stats, profile, fit_s, fit.choice, fit.layer_units)
     shape = ModelShape.from_config(
@@ -130,11 +159,12 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
         lambda r: simulated_s(0.5, fit.choice.pipeline, sim_overhead, r), fit_s, hi=0.01
     )
     rows = []
-    for budget, p in _grid(stats, layout, profile):  # predictions with both constants fitted
+    for budget, pipe in itertools.product(budgets, pipes):  # both constants fitted
+        p = _hand_plan(stats, layout, profile, budget, pipe)
         measured = 1.0 / measure(layout, p.offload_config(), tokens, prompts=prompts, masks=masks)
-        sim = 1.0 / simulated_s(budget, p.choice.pipeline, sim_overhead, sim_read)
-        pipe = p.choice.pipeline
-        row = _row(f"{budget:.0%} {pipe.mode} io{pipe.io_threads}", p, measured)
+        sim = 1.0 / simulated_s(budget, pipe, sim_overhead, sim_read)
+        row = _row(_plan_name(budget, pipe), p, measured)
+        row |= {"budget": budget, "mode": pipe.mode, "io_threads": pipe.io_threads}
         row["simulated_tokens_per_s"] = round(sim, 3)
         row["simulated_error"] = round(sim / measured - 1.0, 3)
         rows.append(row)
@@ -142,28 +172,35 @@ def validate(layout, profile, tokens: int, *, prompts=None, masks=None, unit_mas
     chosen = plan(stats, profile, budget)
     measured = 1.0 / measure(layout, chosen.offload_config(), tokens, prompts=prompts, masks=masks)
     planned = _row("planner @ 50%", chosen, measured)
-    errors = [abs(r["error"]) for r in rows if r["plan"] != "50% cluster io1"]  # not the fit
-    best50 = max(r["measured_tokens_per_s"] for r in rows if r["plan"].startswith("50%"))
+    fit_name = _plan_name(*FIT)
+    errors = [abs(r["error"]) for r in rows if r["plan"] != fit_name]  # not the fit
+    best50 = max(
+        [r["measured_tokens_per_s"] for r in rows if r["budget"] == 0.5], default=1.0 / fit_s
+    )
     return {
         "resident_tokens_per_s": round(1.0 / resident_s, 3),
         "overhead_ms_per_layer": round(stats.overhead_s * 1e3, 3),
         "read_overhead_ms": round(stats.read_overhead_s * 1e3, 4),
-        "fitted_on": ["all resident", "50% cluster io1"],
+        "fitted_on": ["all resident", fit_name],
         "simulator_overhead_ms_per_layer": round(sim_overhead * 1e3, 3),
         "simulator_read_overhead_ms": round(sim_read * 1e3, 4),
         "plans": rows,
-        "median_abs_error": round(float(np.median(errors)), 3),
-        "simulated_median_abs_error": round(
-            float(
-                np.median(
-                    [abs(r["simulated_error"]) for r in rows if r["plan"] != "50% cluster io1"]
-                )
-            ),
-            3,
+        "median_abs_error": _median(errors),
+        "simulated_median_abs_error": _median(
+            [abs(r["simulated_error"]) for r in rows if r["plan"] != fit_name]
         ),
         "planner": planned | {"plan_json": chosen.to_json()},
         "planner_vs_best_grid_at_50%": round(planned["measured_tokens_per_s"] / best50, 3),
     }
+
+
+def _plan_name(budget: float, pipe: PipelineConfig) -> str:
+    return f"{budget:.0%} {pipe.mode} io{pipe.io_threads}"
+
+
+def _median(values: list[float]) -> float | None:
+    """The rounded median; None for a grid whose only plan is the fitted one."""
+    return round(float(np.median(values)), 3) if values else None
 
 
 def _bisect(seconds_of, target_s: float, hi: float = 0.05) -> float:
@@ -188,18 +225,31 @@ def _row(name: str, p: ExecutionPlan, measured: float) -> dict:
 
 
 def bench_planner(
-    quick: bool = False, steps: int | None = None, layers: int | None = None, profile=None
+    quick: bool = False,
+    steps: int | None = None,
+    layers: int | None = None,
+    profile=None,
+    grid: dict | None = None,
 ) -> dict:
+    """The bundled model (and, unless ``quick`` without ``layers``, the synthetic 7B-shaped
+    one); ``grid`` (:data:`KNOBS` -> values) replaces the hand-made plans' budgets, overlap
+    modes and I/O threads (each row carries its three as columns)."""
     tokens = steps or (6 if quick else 16)
     hw = resolve_profile(profile) if profile else measure_hw(quick=quick)
     result = {"bench": "planner", "machine": machine(), "profile": hw.to_json()}
+    axes = {}
+    if grid is not None:
+        result["grid"] = {k: list(v) for k, v in grid.items()}
+        axes = dict(zip(("budgets", "pipes"), grid_pipes(grid), strict=True))
     bench_dir().mkdir(parents=True, exist_ok=True)
     layout = open_layout(convert_pretrained("builtin", bench_dir() / "pydoc-drelu-flash"))
-    result["bundled"] = validate(layout, hw, tokens, prompts=default_prompts(layout))
+    result["bundled"] = validate(layout, hw, tokens, prompts=default_prompts(layout), **axes)
     if not quick or layers:
         n = layers or 4
         syn, frequency, splan = synthetic_model(n)
         masks = replay_masks(np.random.default_rng(3), frequency, splan, 4 * tokens)
         unit_masks = [units_from_clusters(splan, masks[:, i], 1) for i in range(n)]
-        result["synthetic_7b"] = validate(syn, hw, tokens, masks=masks, unit_masks=unit_masks)
+        result["synthetic_7b"] = validate(
+            syn, hw, tokens, masks=masks, unit_masks=unit_masks, **axes
+        )
     return result

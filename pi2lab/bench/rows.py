@@ -3,7 +3,9 @@ the run's commit, machine and package versions, its repetition's tokens/s, and t
 standard deviation and samples of its group (as llama.cpp's ``llama-bench`` reports).
 
 A bench returns one nested dict; :func:`rows` walks it once, here, so scripts read columns
-instead of sniffing keys. Every figure a bench measures as tokens/s becomes a group: a
+instead of sniffing keys. A grid run (:mod:`pi2lab.bench.grid`) has a section per point, named
+after its knob values (so ``compare`` pairs the same points of two runs), whose ``knobs`` become
+columns of its rows. Every figure a bench measures as tokens/s becomes a group: a
 section's ``engines`` (peer, offload) or ``precisions`` entries, a section that is itself one
 engine (dense), a section's ``<engine>_tokens_per_s`` with its ``runs`` (sparse), a section's
 ``plans`` (planner: measured tokens/s beside the prediction). Samples are the bench's
@@ -101,6 +103,7 @@ def rows(result: dict) -> list[dict]:
     }
     out = []
     for section, engine, entry in _groups(result):
+        knobs = result[section].get("knobs", {})  # a grid's point: its knobs are columns
         samples = _samples(entry)
         mean = sum(samples) / len(samples)
         sd = (
@@ -120,6 +123,7 @@ def rows(result: dict) -> list[dict]:
                     "sd_tokens_per_s": round(sd, 4),
                     "n": len(samples),
                     "samples": ";".join(f"{s:g}" for s in samples),
+                    **knobs,
                     **_scalars(entry),
                 }
             )

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pi2lab.bench.common import decode_rate, dense_step, machine
+from pi2lab.bench.grid import Knob, choice, count, expand, labels, share
 from pi2lab.config import ModelConfig
 from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.engine.sparse import sparse_decode_step
@@ -54,6 +55,28 @@ from pi2lab.predict.synthetic import CoactivationModel, independent_masks, zipf_
 from pi2lab.train.corpus import corpus_tokens
 
 CLUSTER_SIZES = (1, 4, 16, 64, 128)
+KNOBS = (  # of the synthetic 7B-shaped model (bench_synthetic's arguments)
+    Knob(
+        name="cluster_size",
+        read=count(),
+        default=(16,),
+        help="neurons per cold cluster (computed, or skipped, together)",
+    ),
+    Knob(name="density", read=share(), default=(0.1,), help="share of neurons firing per token"),
+    Knob(
+        name="masks",
+        read=choice("coactivated", "fitted", "independent"),
+        default=("coactivated",),
+        help="how neurons fire: in co-activated groups, as fitted to the bundled model's trace, "
+        "or independently (Zipf)",
+    ),
+    Knob(
+        name="placement",
+        read=choice("coactivation", "frequency"),
+        default=("coactivation",),
+        help="order of the cold neurons, hence which share a cluster",
+    ),
+)
 
 
 def synthetic_config(layers: int, hidden: int = 4096, ffn: int = 14336, **overrides) -> ModelConfig:
@@ -499,13 +522,26 @@ def bench_synthetic(
 
 
 def bench_sparse(
-    *, quick: bool = False, steps: int | None = None, layers: int | None = None
+    *,
+    quick: bool = False,
+    steps: int | None = None,
+    layers: int | None = None,
+    grid: dict | None = None,
 ) -> dict:
-    """Every row of ``pi2lab bench sparse`` (``quick``: fewer steps and layers, no sweep)."""
+    """Every row of ``pi2lab bench sparse`` (``quick``: fewer steps and layers, no sweep);
+    with ``grid`` (:data:`KNOBS` -> values) the synthetic 7B-shaped model once per
+    combination instead, each a section named after its knob values."""
     steps = steps or (8 if quick else 48)
     repeats = 2 if quick else 5
     syn_steps, syn_layers = max(steps // 2, 4), layers or (1 if quick else 4)
     out = {"bench": "sparse", "machine": machine(), "kernel": kernel_status()}
+    if grid is not None:
+        out["grid"] = {k: list(v) for k, v in grid.items()}
+        points = expand(grid, KNOBS)
+        for point, name in zip(points, labels(points, grid), strict=True):
+            row = bench_synthetic(syn_steps, repeats, layers=syn_layers, **point)
+            out[name] = {"knobs": point, **_summarise(row)}
+        return out
     runs = {  # name -> bench_synthetic settings
         "synthetic_7b": dict(cluster_size=1, sweep=() if quick else CLUSTER_SIZES),
         "synthetic_7b_c16_coactivation": dict(cluster_size=16),
