@@ -86,6 +86,20 @@ def hf_checkpoints(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def lab_scheduler(tmp_path_factory):
+    """The address of a local Dask cluster of two worker processes for sweep tests
+    (:mod:`pi2lab.lab`); flash layouts go to a temporary bench directory, in the workers (which
+    inherit it) and here."""
+    pytest.importorskip("distributed")
+    from pi2lab.lab.sweep import local_cluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PI2LAB_BENCH_DIR", str(tmp_path_factory.mktemp("bench")))
+        with local_cluster("sim", workers=2) as cluster:
+            yield cluster.scheduler_address
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -253,6 +253,7 @@ def test_help_lists_every_command_in_order():
         "profile-hw",
         "reproduce",
         "simulate",
+        "sweep",
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pi2lab.cli import bench, generate, info, plan, predict, simulate, storage, train
+from pi2lab.cli import bench, generate, info, plan, predict, simulate, storage, sweep, train
 from pi2lab.errors import Pi2labError
 
 # One module per command or group of commands, each with its parser beside its handler, in
@@ -20,6 +20,7 @@ COMMANDS = (
     bench.add_parser,  # bench
     plan.add_parsers,  # plan, profile-hw
     simulate.add_parsers,  # reproduce, simulate
+    sweep.add_parser,  # sweep
 )
 
 
