@@ -29,10 +29,13 @@ $(VENV)/.dev: pyproject.toml $(NATIVE) | $(BIN)/python
 demo: $(VENV)/.base
 	$(BIN)/pi2lab generate --model builtin --prompt "$(PROMPT)" --max-new-tokens 64
 
+# Last, the slowest: every notebook run with Run All in JupyterLab in Chromium (tests/browser;
+# it skips without chromium, `apt-get install chromium`, except under CI, where it fails).
 test: $(VENV)/.dev lint
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -m "not browser"
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg notebooks -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests/browser -q -m browser
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check pi2lab tests

@@ -2,7 +2,8 @@
 
 The helpers here are shared by every app (:mod:`pi2lab.viz.offload_apps`,
 :mod:`pi2lab.viz.planner`): :func:`figure_widget` (a figure as wide as the output area),
-:func:`panel` (the app's box, full width), :func:`replace_figure` and :class:`ShowsErrors`
+:func:`panel` (the app's box, full width), :func:`controls_row` (a row of controls that wraps
+rather than running past the output area), :func:`replace_figure` and :class:`ShowsErrors`
 (a failing callback says so in the widget instead of leaving the last figure up silently).
 """
 
@@ -51,6 +52,13 @@ def share_slider(
 def panel(children) -> widgets.VBox:
     """An app's box of controls, figure and outputs, as wide as the output area."""
     return widgets.VBox(list(children), layout=widgets.Layout(width="100%"))
+
+
+def controls_row(children) -> widgets.HBox:
+    """A row of an app's controls that wraps onto a second line where the output area is
+    narrower than the row (a small window, the file browser open), instead of cutting off
+    the controls at its end."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap"))
 
 
 def replace_figure(widget: go.FigureWidget, new: go.Figure) -> None:
@@ -203,7 +211,7 @@ class ClusterExplorer(ShowsErrors):
             )
 
     def widget(self) -> widgets.Widget:
-        return panel([widgets.HBox([self.size, self.placement]), self.figure, self.errors])
+        return panel([controls_row([self.size, self.placement]), self.figure, self.errors])
 
 
 class RasterExplorer(ShowsErrors):
@@ -262,4 +270,4 @@ class RasterExplorer(ShowsErrors):
             replace_figure(self.figure, self._figure())
 
     def widget(self) -> widgets.Widget:
-        return panel([widgets.HBox([self.layer, self.threshold]), self.figure, self.errors])
+        return panel([controls_row([self.layer, self.threshold]), self.figure, self.errors])

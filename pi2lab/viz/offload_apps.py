@@ -22,7 +22,14 @@ from pi2lab.engine.sampling import SamplingKnobs
 from pi2lab.model.pretrained import resolve
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.storage.layout import FlashLayout, open_layout
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
+from pi2lab.viz.apps import (
+    ShowsErrors,
+    controls_row,
+    figure_widget,
+    panel,
+    replace_figure,
+    share_slider,
+)
 from pi2lab.viz.cache_replay import (
     POLICIES,
     REPLAYED,
@@ -169,7 +176,7 @@ class CacheExplorer(ShowsErrors):
             self._sync_controls()
 
     def widget(self) -> widgets.Widget:
-        controls = widgets.HBox(
+        controls = controls_row(
             [
                 widgets.VBox([self.budget, self.policy]),
                 widgets.VBox([self.segmented, self.hot_fraction]),
@@ -392,9 +399,9 @@ class PipelineExplorer(ShowsErrors):
         self.hot_fraction.disabled = self.policy.value != "segmented"
         return panel(
             [
-                widgets.HBox([self.cluster, self.engine, self.io_threads]),
-                widgets.HBox([self.budget, self.policy, self.hot_fraction]),
-                widgets.HBox([self.depth, self.mode, self.gate_first]),
+                controls_row([self.cluster, self.engine, self.io_threads]),
+                controls_row([self.budget, self.policy, self.hot_fraction]),
+                controls_row([self.depth, self.mode, self.gate_first]),
                 self.summary,
                 self.figure,
                 self.errors,

@@ -30,7 +30,14 @@ from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.planner import ExecutionPlan, plan
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import shape_minimum, simulate_decode
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
+from pi2lab.viz.apps import (
+    ShowsErrors,
+    controls_row,
+    figure_widget,
+    panel,
+    replace_figure,
+    share_slider,
+)
 from pi2lab.viz.figures import style
 
 THIS_MACHINE = "this-machine"
@@ -448,5 +455,5 @@ class PlannerExplorer(ShowsErrors):
                 self._sync_controls()
 
     def widget(self) -> widgets.Widget:
-        controls = widgets.HBox([self.profile, self.model, self.share, self.measure_button])
+        controls = controls_row([self.profile, self.model, self.share, self.measure_button])
         return panel([controls, self.summary, self.figure, self.table, self.errors])

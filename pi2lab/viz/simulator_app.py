@@ -16,7 +16,14 @@ from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.phones import BUILTIN_PROFILES, builtin
 from pi2lab.plan.shapes import SHAPES, ModelShape
 from pi2lab.plan.simulator import SimEngine, simulate_decode
-from pi2lab.viz.apps import ShowsErrors, figure_widget, panel, replace_figure, share_slider
+from pi2lab.viz.apps import (
+    ShowsErrors,
+    controls_row,
+    figure_widget,
+    panel,
+    replace_figure,
+    share_slider,
+)
 from pi2lab.viz.offload_figures import timeline_gantt
 from pi2lab.viz.planner import shape_budget
 
@@ -141,8 +148,8 @@ class SimulatorExplorer(ShowsErrors):
     def widget(self) -> widgets.Widget:
         return panel(
             [
-                widgets.HBox([self.device, self.model, self.engine]),
-                widgets.HBox([self.share, self.io_threads]),
+                controls_row([self.device, self.model, self.engine]),
+                controls_row([self.share, self.io_threads]),
                 self.mode,
                 self.summary,
                 self.figure,
