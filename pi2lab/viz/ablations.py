@@ -52,8 +52,9 @@ HIDDEN = ("timeline", "commit", "config_hash", "tokens", "layers", "repetitions"
 
 
 def _message(text: str) -> go.Figure:
-    """An empty figure whose title says why there is nothing to draw."""
-    return style(go.Figure(), height=260, title=text)
+    """An empty figure whose title says why there is nothing to draw (no axes)."""
+    fig = style(go.Figure(), height=260, title=text)
+    return fig.update_xaxes(visible=False).update_yaxes(visible=False)
 
 
 class AblationLab(ShowsErrors):

@@ -308,9 +308,10 @@ def wait_for_redraw(page, index: int, before: dict, what: str) -> None:
     assert not bad, f"{what}:\n" + "\n".join(bad)
 
 
-def move_a_control(page, cell) -> str:
-    """Moves the app's first enabled slider one step right with the keyboard, else sets its
-    first enabled dropdown to the next option; returns what it moved."""
+def move_a_control(page, cell) -> str | None:
+    """Moves the app's first enabled slider one step right with the keyboard, else sets the
+    first enabled dropdown that has a choice to its next option; returns what it moved, or None
+    when nothing can move yet (07's view controls are empty until a grid has run)."""
     handles = cell.locator(".widget-slider .noUi-target:not([disabled]) .noUi-handle")
     if handles.count():
         slider = handles.first.locator("xpath=ancestor::div[contains(@class, 'widget-slider')]")
@@ -318,29 +319,42 @@ def move_a_control(page, cell) -> str:
         handles.first.focus()
         handles.first.press("ArrowRight")
         return f"slider {label!r}"
-    selects = cell.locator(".widget-dropdown select:not([disabled])")
-    assert selects.count(), "the app has no enabled slider or dropdown"
-    options = selects.first.locator("option").all_inner_texts()
-    pick = (selects.first.evaluate("s => s.selectedIndex") + 1) % len(options)
-    selects.first.select_option(index=pick)
-    return f"dropdown to {options[pick]!r}"
+    for select in cell.locator(".widget-dropdown select:not([disabled])").all():
+        options = select.locator("option").all_inner_texts()
+        if len(options) > 1:
+            pick = (select.evaluate("s => s.selectedIndex") + 1) % len(options)
+            select.select_option(index=pick)
+            return f"dropdown to {options[pick]!r}"
+    return None
 
 
 def check_controls(page, index: int) -> list[str]:
-    """Moves a control of the app in code cell ``index``, then presses each of its buttons;
-    each must redraw the figure cleanly. Returns what was done."""
+    """Moves a control of the app in code cell ``index`` and presses each of its buttons (the
+    buttons first where no control can move before them); each must redraw the figure
+    cleanly. Returns what was done."""
     cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
-    before = figure_state(page, index)
-    moved = move_a_control(page, cell)
-    wait_for_redraw(page, index, before, f"after moving the {moved}")
-    done = [f"moved the {moved}"]
+    done = []
+
+    def move() -> bool:
+        before = figure_state(page, index)
+        moved = move_a_control(page, cell)
+        if moved is not None:
+            wait_for_redraw(page, index, before, f"after moving the {moved}")
+            done.append(f"moved the {moved}")
+        return moved is not None
+
+    moved = move()
     buttons = cell.locator("button.widget-button:not([disabled])")
     for label in buttons.all_inner_texts():
         before = figure_state(page, index)
         cell.locator("button.widget-button", has_text=label.strip()).first.click()
         wait_for_redraw(page, index, before, f"after pressing {label.strip()!r}")
         done.append(f"pressed {label.strip()!r}")
-    return done
+    for _ in range(REDRAW_MS // 2000):  # a run may still be filling the view controls
+        if moved or move():
+            return done
+        page.wait_for_timeout(2000)
+    pytest.fail("the app has no enabled slider or dropdown with a choice")
 
 
 @pytest.mark.parametrize("name", PAGES)
