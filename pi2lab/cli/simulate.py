@@ -16,6 +16,11 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--quick", action="store_true", help="8 tokens per run, 3 sweep points")
     p.add_argument("--tokens", type=int, default=None, help="tokens per run (overrides)")
+    p.add_argument(
+        "--gains",
+        action="store_true",
+        help="only the offload storage choices (bundle dtype, co-activation placement)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_reproduce)
 
@@ -35,9 +40,15 @@ def add_parsers(sub) -> None:
 
 
 def run_reproduce(args) -> int:
-    from pi2lab.plan.reproduce import reproduce
-    from pi2lab.plan.tables import format_reproduction
+    from pi2lab.plan.reproduce import offload_gains, reproduce
+    from pi2lab.plan.tables import format_offload_gains, format_reproduction
 
+    if args.gains:
+        tokens = args.tokens or (8 if args.quick else 32)
+        result = offload_gains(tokens=tokens)
+        text = format_offload_gains(result) + "".join(f"\n  note: {n}" for n in result["notes"])
+        print(json.dumps(result) if args.json else text)
+        return 0
     result = reproduce(quick=args.quick, tokens=args.tokens)
     print(json.dumps(result) if args.json else format_reproduction(result))
     return 0

@@ -71,7 +71,7 @@ def gap_note(r: SimResult, paper: float, profile: HardwareProfile) -> str:
     elif r.hit_rate == 0:
         how = "no cache: every predicted neuron"
     elif r.engine == "llmflash":
-        how = f"Window(5) hit rate {r.hit_rate:.1%}, overlapped with hits"
+        how = f"Window(5) hit rate {r.hit_rate:.1%}"
     else:
         how = f"hit rate {r.hit_rate:.1%}"
     return (

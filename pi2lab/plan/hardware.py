@@ -74,7 +74,11 @@ class FlashModel:
     - ``link``: transfer rate, fitted so that a ``large_block`` read within the first range
       takes ``large_block / large_mbs``;
     - one command queue: reads issued from more than one thread are served one at a time and
-      each is slower by ``1 / (1 - multi_issue_loss)``.
+      each is slower by ``1 / (1 - multi_issue_loss)``;
+    - blocking reads (``blocking=True``: each issuing thread waits for its read before it issues
+      the next, so no I/O thread keeps the device's queue full) take a command time of at least
+      ``4096 / blocking_4k_mbs - 4096 / link`` whatever the range; the transfer and the issuing
+      core's cost add as above.
 
     Attributes:
       random_4k: ``((span bytes, MB/s), ...)``, 4 KiB random reads by address range, ascending.
@@ -84,6 +88,8 @@ class FlashModel:
       large_block: Bytes of the large random read that fixes the link rate.
       large_mbs: Its measured rate, MB/s.
       multi_issue_loss: Share of the rate lost when several threads issue reads.
+      blocking_4k_mbs: 4 KiB random MB/s of blocking reads from one thread (None: as fast as
+        queued reads), at most the first range's queued rate.
     """
 
     random_4k: tuple[tuple[int, float], ...]
@@ -93,6 +99,7 @@ class FlashModel:
     large_block: int
     large_mbs: float
     multi_issue_loss: float
+    blocking_4k_mbs: float | None = None
 
     def __post_init__(self):
         spans = [s for s, _ in self.random_4k]
@@ -126,6 +133,11 @@ class FlashModel:
             raise ConfigError(
                 f"flash model: multi_issue_loss={self.multi_issue_loss}: expected [0, 1)"
             )
+        if self.blocking_4k_mbs is not None and not 0 < self.blocking_4k_mbs <= rates[0]:
+            raise ConfigError(
+                f"flash model: blocking_4k_mbs={self.blocking_4k_mbs}: expected a rate > 0 and "
+                f"at most the queued 4 KiB rate {rates[0]}"
+            )
 
     @property
     def link_mbs(self) -> float:
@@ -152,10 +164,17 @@ class FlashModel:
         return float(max(rate, self.floor_4k_mbs))
 
     def read_seconds(
-        self, block: int, span: int | None = None, *, issuers: int = 1, core: str | None = None
+        self,
+        block: int,
+        span: int | None = None,
+        *,
+        issuers: int = 1,
+        core: str | None = None,
+        blocking: bool = False,
     ) -> float:
         """Seconds one ``block``-byte read takes over an address range of ``span`` bytes,
-        issued from ``core`` (default :attr:`io_core`) while ``issuers`` threads issue reads."""
+        issued from ``core`` (default :attr:`io_core`) while ``issuers`` threads issue reads;
+        ``blocking``: each issuer waits for its read before the next (see the class docstring)."""
         if block <= 0 or issuers < 1:
             raise ConfigError(f"flash read: block={block}, issuers={issuers}: expected both >= 1")
         core = self.io_core if core is None else core
@@ -163,16 +182,25 @@ class FlashModel:
             raise ConfigError(f"flash read: core {core!r}: expected one of {sorted(self.cores)}")
         link = self.link_mbs * 1e6
         command = ALIGN / (self.random_4k_mbs(span) * 1e6) - ALIGN / link
+        if blocking and self.blocking_4k_mbs is not None:
+            command = max(command, ALIGN / (self.blocking_4k_mbs * 1e6) - ALIGN / link)
         ref = max(self.cores.values())
         extra = ALIGN / (self.cores[core] * 1e6) - ALIGN / (ref * 1e6)
         t = command + extra + block / link
         return t / (1 - self.multi_issue_loss) if issuers > 1 else t
 
     def read_mbs(
-        self, block: int, span: int | None = None, *, issuers: int = 1, core: str | None = None
+        self,
+        block: int,
+        span: int | None = None,
+        *,
+        issuers: int = 1,
+        core: str | None = None,
+        blocking: bool = False,
     ) -> float:
         """MB/s of ``block``-byte random reads (see :meth:`read_seconds`)."""
-        return block / self.read_seconds(block, span, issuers=issuers, core=core) / 1e6
+        t = self.read_seconds(block, span, issuers=issuers, core=core, blocking=blocking)
+        return block / t / 1e6
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -229,13 +257,17 @@ class HardwareProfile:
             if p.block <= 0 or p.threads < 1 or not p.mb_per_s > 0:
                 raise ConfigError(f"hardware profile {self.name!r}: bad storage point {p}")
 
-    def read_mbs(self, block: int, threads: int = 1, span: int | None = None) -> float:
+    def read_mbs(
+        self, block: int, threads: int = 1, span: int | None = None, *, blocking: bool = False
+    ) -> float:
         """Random-read bandwidth (MB/s) for ``block``-byte reads from ``threads`` threads over
-        an address range of ``span`` bytes: the :attr:`flash` model where there is one, else
+        an address range of ``span`` bytes, ``blocking`` (each thread waits for its read before
+        the next) or queued by one I/O thread: the :attr:`flash` model where there is one, else
         log-linear interpolation over block sizes at the nearest measured thread count (the
-        measured curve knows no range: ``span`` is ignored)."""
+        measured curve knows no range and was taken with blocking reads: ``span`` and
+        ``blocking`` are ignored)."""
         if self.flash is not None:
-            return self.flash.read_mbs(block, span, issuers=threads)
+            return self.flash.read_mbs(block, span, issuers=threads, blocking=blocking)
         counts = sorted({p.threads for p in self.storage})
         t = min(counts, key=lambda c: (abs(c - threads), c))
         pts = sorted((p.block, p.mb_per_s) for p in self.storage if p.threads == t)
@@ -307,8 +339,13 @@ def format_profile(profile: HardwareProfile) -> str:
         lines.append(
             f"  flash model: 4 KiB random MB/s by range {ranges} (floor {f.floor_4k_mbs:,.0f}); "
             f"by core {cores}; link {f.link_mbs:,.0f} MB/s; one command queue "
-            f"(-{f.multi_issue_loss:.0%} from several issuers); listed below within "
-            f"{format_size(f.random_4k[0][0])}"
+            f"(-{f.multi_issue_loss:.0%} from several issuers); "
+            + (
+                f"blocking reads 4 KiB {f.blocking_4k_mbs:,.0f}; "
+                if f.blocking_4k_mbs is not None
+                else ""
+            )
+            + f"listed below within {format_size(f.random_4k[0][0])} (queued)"
         )
     counts = sorted({s.threads for s in p.storage})
     lines.append("  random reads, MB/s:  block " + "".join(f"{t:>8}T" for t in counts))

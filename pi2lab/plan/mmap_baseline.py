@@ -14,9 +14,11 @@ is not in the page cache is read by page faults, on the compute threads that tou
   before its next use, so every token re-reads the whole file the decode touches (the paper:
   past RAM size the page cache re-reads the whole model every token);
 - a fault stalls its compute thread: fault reads are not overlapped with compute; they come from
-  the ``cpu_threads`` compute threads at once, so on a phone's one command queue each is served
-  at the several-issuer rate (:meth:`~pi2lab.plan.hardware.HardwareProfile.read_mbs` with
-  ``threads=cpu_threads`` over the address range of the tensor being read);
+  the ``cpu_threads`` compute threads at once, each thread waiting for its own fault (a blocking
+  read: no I/O thread keeps the device's queue full), so on a phone's one command queue each is
+  served at the several-issuer blocking rate
+  (:meth:`~pi2lab.plan.hardware.HardwareProfile.read_mbs` with ``threads=cpu_threads``,
+  ``blocking=True``, over the address range of the tensor being read);
 - compute: every touched byte at ``dense_gbs``; attention adds ``overhead_s`` per layer.
 
 Left out: the kernel's two-list LRU and refault detection (one LRU), asynchronous read-ahead
@@ -137,7 +139,8 @@ def simulate_mmap(
 
     def fault(nbytes: int, span: int) -> float:
         if (nbytes, span) not in fault_s:
-            fault_s[nbytes, span] = nbytes / (profile.read_mbs(nbytes, threads, span=span) * 1e6)
+            mbs = profile.read_mbs(nbytes, threads, span=span, blocking=True)
+            fault_s[nbytes, span] = nbytes / (mbs * 1e6)
         return fault_s[nbytes, span]
 
     routes = [routed(i) for i in range(cfg.num_layers)] if cfg.is_moe else None
@@ -148,7 +151,7 @@ def simulate_mmap(
         first += len(_windows(b, read_around))
 
     secs, wait, comp, att = (np.zeros(tokens) for _ in range(4))
-    nbytes, hits, req = (np.zeros(tokens, np.int64) for _ in range(3))
+    nbytes, hits, req, nreads = (np.zeros(tokens, np.int64) for _ in range(4))
     events: list[Event] = []
     for t in range(tokens):
         now, record = 0.0, t == tokens - 1
@@ -162,6 +165,7 @@ def simulate_mmap(
             req[t] += len(sizes)
             hits[t] += len(sizes) - len(missed)
             nbytes[t] += sum(missed)
+            nreads[t] += len(missed)
             wait[t] += io
             if stage == "attention":
                 att[t] += work
@@ -212,6 +216,7 @@ def simulate_mmap(
         min(capacity, nonffn + ffn) + kv,
         warmup,
         timeline,
+        nreads,
     )
 
 

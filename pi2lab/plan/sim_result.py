@@ -21,6 +21,7 @@ class SimResult:
       tokens_per_s: Simulated tokens/s: 1 / median token seconds after ``warmup``.
       token_seconds: ``[T]`` simulated seconds per token.
       bytes_read: ``[T]`` bytes read from flash per token (aligned spans).
+      reads: ``[T]`` reads issued to flash per token (after coalescing; llama.cpp-mmap: faults).
       hits: ``[T]`` requested units found in the cache (llama.cpp-mmap: resident units).
       requested: ``[T]`` units computed.
       wait_seconds: ``[T]`` time the compute thread waited on reads.
@@ -38,6 +39,7 @@ class SimResult:
     tokens_per_s: float
     token_seconds: np.ndarray
     bytes_read: np.ndarray
+    reads: np.ndarray
     hits: np.ndarray
     requested: np.ndarray
     wait_seconds: np.ndarray
@@ -59,6 +61,11 @@ class SimResult:
         return float(self.bytes_read[self.warmup :].mean())
 
     @property
+    def reads_per_token(self) -> float:
+        """Simulated mean reads issued per token after warm-up."""
+        return float(self.reads[self.warmup :].mean())
+
+    @property
     def io_share(self) -> float:
         """Simulated share of token time the compute thread waited on reads, after warm-up
         (as :meth:`Timeline.io_share <pi2lab.pipeline.timeline.Timeline.io_share>`)."""
@@ -74,6 +81,7 @@ class SimResult:
             "tokens_per_s": self.tokens_per_s,
             "hit_rate": self.hit_rate,
             "bytes_per_token": self.bytes_per_token,
+            "reads_per_token": self.reads_per_token,
             "io_share": self.io_share,
             "stage_seconds": dict(self.stage_seconds),
             "cache_units": self.cache_units,
@@ -81,6 +89,7 @@ class SimResult:
             "warmup": self.warmup,
             "token_seconds": self.token_seconds.tolist(),
             "bytes_read": self.bytes_read.tolist(),
+            "reads": self.reads.tolist(),
             "timeline": self.timeline.rows(0.0),
         }
 
@@ -117,6 +126,7 @@ def make_result(
     used,
     warmup,
     timeline,
+    reads=None,
 ) -> SimResult:
     w = slice(warmup, None)
     return SimResult(
@@ -126,6 +136,7 @@ def make_result(
         tokens_per_s=float(1.0 / np.median(secs[w])),
         token_seconds=secs,
         bytes_read=nbytes,
+        reads=np.zeros_like(nbytes) if reads is None else reads,
         hits=hits,
         requested=req,
         wait_seconds=wait,

@@ -19,10 +19,14 @@ What is the engine's own logic (reused, not re-modelled):
   rows), runs on :class:`~pi2lab.plan.virtual.VirtualFfn`, whose reads are coalesced by the
   I/O engine's own :func:`~pi2lab.storage.io.coalesce` (a conformance test checks that both
   issue the same reads);
-- ``bundled=False`` (the ablation baseline, no neuron bundling): a miss is three reads, its
-  gate row, up row and down column, each from its own matrix-major region of the FFN's file
-  (down stored transposed, as PowerInfer does), so the rows of adjacent units are adjacent on
-  flash; each row is computed as it lands, a third of the unit's compute.
+- ``bundling`` (the flash layout): ``neuron``, one bundle per unit (gate row, up row, down
+  column: PowerInfer-2's neuron bundling), one read; ``none`` (the ablation baseline), a miss is
+  three reads, its gate row, up row and down column, each from its own matrix-major region of
+  the FFN's file (down stored transposed, as PowerInfer does), so the rows of adjacent units are
+  adjacent on flash, each row computed as it lands (a third of the unit's compute);
+  ``row-column`` (LLM in a Flash's row-column bundling, made for a two-matrix FFN), two reads:
+  the gate row from the gate matrix's region, then the up row and down column bundled (phase
+  :data:`ROW_COLUMN`, a simulated layout), each computed as it lands (a third, two thirds);
 
 What replaces the device (the model):
 
@@ -38,6 +42,12 @@ What replaces the device (the model):
   command queue: one server, each read taking ``b / read_mbs(b, k, span)`` with ``span`` the
   address range of the FFN's file (one layer's, or one expert's, FFN: the reads of a layer
   stay within it, as the paper's 128 MB benchmark range does);
+- who issues the reads (``issue``): ``queued``, the pipeline's ``io_threads`` I/O threads keep
+  the device's queue full (PowerInfer-2's one I/O thread); ``blocking``, the ``cpu_threads``
+  compute threads (or a reader pool as large) each issue a read and wait for it, as llama.cpp's
+  page faults and LLM in a Flash's parallel reads do: ``k = cpu_threads`` issuers, and on a
+  flash model each read at the blocking rate
+  (:attr:`~pi2lab.plan.hardware.FlashModel.blocking_4k_mbs`);
 - gate-first: a gate fires with probability ``gate_fire_rate`` (default 0.8: the paper's gate,
   up and down co-activate ~80% of the time), drawn from a seeded generator; a silent gate
   drops the unit from the cache as the scheduler does;
@@ -52,7 +62,8 @@ NPU/CPU split and multiple compute threads (one compute thread whose rate is the
 aggregate); prefill; storage queueing beyond FIFO servers; the time to submit a read or run the
 cache (zero on the virtual clock). MoE experts of a layer run one after
 another, routed experts read from the trace (an expert is routed when any of its units is
-needed).
+needed); an expert's cache ages with the tokens that expert runs (a window of k tokens is its
+own last k, as the trace's reuse is over its own tokens).
 
 Per-token order: layers run in sequence and every read of a layer completes before the next
 layer starts (the scheduler waits for its read-ahead too), so each FFN's time depends only on its
@@ -84,11 +95,31 @@ from pi2lab.plan.mmap_baseline import simulate_mmap
 from pi2lab.plan.shapes import ModelShape, get_shape
 from pi2lab.plan.sim_result import SimResult, layer_timeline, make_result, shifted
 from pi2lab.plan.traces import SyntheticTrace
-from pi2lab.plan.virtual import Costs, VirtualFfn
+from pi2lab.plan.virtual import ROW_COLUMN, Costs, VirtualFfn
 from pi2lab.policies import Policy
 
 SimEngine = Literal["powerinfer2", "llmflash", "llama.cpp-mmap"]
 SIM_ENGINES: tuple[str, ...] = ("powerinfer2", "llmflash", "llama.cpp-mmap")
+ReadIssue = Literal["queued", "blocking"]
+READ_ISSUES: tuple[str, ...] = ("queued", "blocking")
+Bundling = Literal["neuron", "row-column", "none"]
+BUNDLINGS: tuple[str, ...] = ("neuron", "row-column", "none")
+
+
+def layout_spans(bundling: str, stride: int, gate_bytes: int, unit_bytes: int, units: int):
+    """:func:`~pi2lab.pipeline.scheduler.phase_spans` with :data:`ROW_COLUMN` appended, the
+    phases one miss is read in for ``bundling``, and the address range (bytes) of the FFN's
+    file that its reads spread over."""
+    step, base, size = phase_spans(stride, gate_bytes, unit_bytes, units)
+    row = unit_bytes // 3
+    step, base, size = (
+        np.append(step, 2 * row),
+        np.append(base, units * row),
+        np.append(size, 2 * row),
+    )
+    pieces = {"neuron": (0,), "none": (3, 4, 5), "row-column": (3, ROW_COLUMN)}[bundling]
+    span = units * stride if bundling == "neuron" else 3 * units * row
+    return (step, base, size), pieces, span
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -163,7 +194,9 @@ def simulate_decode(
     seed: int = 0,
     overhead_s: float = 0.0,
     read_overhead_s: float = 0.0,
-    bundled: bool = True,
+    bundling: Bundling = "neuron",
+    issue: ReadIssue = "queued",
+    copies: int = 0,
 ) -> SimResult:
     """Simulates ``tokens`` decode tokens of a model on a device (all figures simulated).
 
@@ -191,8 +224,14 @@ def simulate_decode(
         engine; 0 models a native runtime).
       read_overhead_s: Host time on the compute thread per unit read (as
         :func:`pi2lab.plan.cost.calibrate_reads` fits it).
-      bundled: False reads a miss as three separate row reads from matrix-major regions
-        (no neuron bundling; see the module docstring); not with gate-first loading.
+      bundling: The flash layout a miss is read from: ``neuron`` bundles (one read),
+        ``row-column`` (gate row, then up row and down column: two reads) or ``none`` (three
+        row reads); see the module docstring. Gate-first loading needs ``neuron``.
+      issue: ``queued`` (the pipeline's I/O threads keep reads queued) or ``blocking`` (the
+        profile's ``cpu_threads`` threads each wait for their read; see the module docstring).
+      copies: Memory copies of a unit's bytes (its stride) per unit read, on the compute thread
+        at the profile's ``memory_gbs`` (LLM in a Flash moves rows within preallocated
+        matrices: 2).
 
     Raises:
       ConfigError: unknown engine or shape, both or neither budget, a trace of the wrong shape.
@@ -202,6 +241,12 @@ def simulate_decode(
     cfg = shape.config
     if engine not in SIM_ENGINES:
         raise ConfigError(f"engine {engine!r}: expected one of {', '.join(SIM_ENGINES)}")
+    if issue not in READ_ISSUES:
+        raise ConfigError(f"issue={issue!r}: expected one of {', '.join(READ_ISSUES)}")
+    if bundling not in BUNDLINGS:
+        raise ConfigError(f"bundling={bundling!r}: expected one of {', '.join(BUNDLINGS)}")
+    if copies < 0:
+        raise ConfigError(f"copies={copies}: expected >= 0")
     if (memory_bytes is None) == (ffn_fraction is None):
         raise ConfigError("simulate_decode: give exactly one of memory_bytes and ffn_fraction")
     if ffn_fraction is not None and not 0 <= ffn_fraction <= 1:
@@ -245,8 +290,11 @@ def simulate_decode(
         hot_region=hot_region,
     )
     pipe = offload.pipeline_config()
-    if pipe.gate_first and not bundled:
-        raise ConfigError("simulate_decode: gate-first loading reads bundles: needs bundled=True")
+    if pipe.gate_first and bundling != "neuron":
+        raise ConfigError(
+            f"simulate_decode: gate-first loading reads neuron bundles: needs "
+            f"bundling='neuron', got {bundling!r}"
+        )
     check_gate_first(pipe, shape.cluster_size, cfg.ffn_activation)
 
     # memory, as OffloadEngine: resident + KV, staging rows, then cache slots per FFN
@@ -269,31 +317,33 @@ def simulate_decode(
     )
     used = fixed + stage_rows * stride + per_ffn * stride * shape.num_ffns
 
-    k = pipe.io_threads
+    blocking = issue == "blocking"
+    k = profile.cpu_threads if blocking else pipe.io_threads
     # a phone's flash has one command queue: one server whatever the issuing threads, each read
     # over the address range of its FFN's file (the reads of a layer stay within it)
-    span = units * stride if bundled else 3 * units * (shape.unit_bytes // 3)
+    spans, pieces, span = layout_spans(bundling, stride, shape.gate_bytes, shape.unit_bytes, units)
     servers = 1 if profile.flash is not None else k
     rates: dict[int, float] = {}
 
     def read_rate(nbytes: int) -> float:
         if nbytes not in rates:
-            mbs = profile.read_mbs(nbytes, k, span=span)
+            mbs = profile.read_mbs(nbytes, k, span=span, blocking=blocking)
             rates[nbytes] = nbytes * servers / (mbs * 1e6)
         return rates[nbytes]
 
     per_neuron = shape.bundle_bytes + shape.scale_bytes_per_neuron
     sparse = profile.sparse_gbs * 1e9
+    # host time per piece read: the fitted per-read cost, and a unit's copies shared by its pieces
+    copy = copies * stride / (profile.memory_gbs * 1e9) / len(pieces)
     costs = Costs(
         unit=shape.cluster_size * per_neuron / sparse,
         gate=shape.cluster_size * per_neuron / 3 / sparse,
-        spans=phase_spans(stride, shape.gate_bytes, shape.unit_bytes, units),
+        spans=spans,
         servers=servers,
         coalesce=pipe.coalesce,
         read_rate=read_rate,
-        per_read=read_overhead_s,
+        per_read=read_overhead_s + copy,
     )
-    pieces = (0,) if bundled else (3, 4, 5)
     mem = profile.dense_gbs * 1e9  # resident weights: the profile's fitted compute rate
     moe = cfg.is_moe
     experts = cfg.num_experts if moe else 1
@@ -302,7 +352,7 @@ def simulate_decode(
     head = shape.head_bytes() / mem
 
     secs, wait, comp, att = (np.zeros(tokens) for _ in range(4))
-    nbytes, hits, req = (np.zeros(tokens, np.int64) for _ in range(3))
+    nbytes, hits, req, nreads = (np.zeros(tokens, np.int64) for _ in range(4))
     layer_secs = np.zeros(cfg.num_layers)  # the last token's, for its timeline
     events: list[list[Event]] = []
     last = tokens - 1
@@ -317,6 +367,9 @@ def simulate_decode(
             rng = np.random.default_rng([seed, i, e])
             ffns.append(VirtualFfn(costs, gate_fire_rate, rng))
         split = max(getattr(caches[0].state, "hot_units", 0), hot_units)
+        # an expert's cache ages with the tokens that expert runs (its own token sequence, as
+        # the trace's reuse is): a window of k tokens is the expert's last k (dense: every token)
+        ran = np.cumsum(routed, axis=0) - 1  # [T, E]
         layer_events: list[Event] = []
         for t in range(tokens):
             front = attention + predictor * (int(routed[t].sum()) if moe else 1)
@@ -331,7 +384,7 @@ def simulate_decode(
                     ffn,
                     caches[e],
                     need,
-                    t,
+                    int(ran[t, e]),
                     pipe,
                     staging_rows=stage_rows,
                     gate_first_from=split,
@@ -343,6 +396,7 @@ def simulate_decode(
                 wait[t] += ffn.wait
                 comp[t] += ffn.busy
                 nbytes[t] += ffn.nbytes
+                nreads[t] += ffn.reads
                 hits[t] += acc.hits.size
                 req[t] += need.size
             att[t] += front
@@ -372,7 +426,19 @@ def simulate_decode(
         used,
         warmup,
         timeline,
+        nreads,
     )
 
 
-__all__ = ["SIM_ENGINES", "SimResult", "shape_minimum", "simulate_decode"]
+__all__ = [
+    "BUNDLINGS",
+    "READ_ISSUES",
+    "ROW_COLUMN",
+    "SIM_ENGINES",
+    "Bundling",
+    "ReadIssue",
+    "SimResult",
+    "layout_spans",
+    "shape_minimum",
+    "simulate_decode",
+]

@@ -100,6 +100,26 @@ def format_memory_sweep(table: dict, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
+def format_offload_gains(table: dict, digits: int = 2) -> str:
+    """The offload-gains table: one line per knob value and budget."""
+    f = f".{digits}f"
+    lines = [
+        f"Offload storage choices, PowerInfer-2, {table['model']}, {table['device']} (SIMULATED, "
+        f"{table['tokens']} tokens/run; no paper figures)",
+        f"  {'knob':<13} {'value':<26} {'on flash':>8} {'tok/s':>7} {'MB/token':>9} "
+        f"{'reads/token':>11} {'hit rate':>8} {'I/O wait':>8}",
+    ]
+    for r in table["rows"]:
+        lines.append(
+            f"  {r['knob']:<13} {r['value']:<26} {r['ffn_on_flash']:>8.0%} "
+            f"{_num(r['simulated_tokens_per_s'], f, 7)} "
+            f"{_num(r['simulated_mb_per_token'], '.1f', 9)} "
+            f"{_num(r['simulated_reads_per_token'], '.0f', 11)} "
+            f"{_num(r['simulated_hit_rate'], '.3f', 8)} {_num(r['simulated_io_share'], '.0%', 8)}"
+        )
+    return "\n".join(lines)
+
+
 def _notes(notes: list[str]) -> list[str]:
     return [f"  note: {n}" for n in notes]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from pi2lab.cache import simulate, unit_masks
 from pi2lab.errors import ConfigError
 from pi2lab.policies import LRU
 from pi2lab.predict.profile import ActivationTrace
-from pi2lab.predict.synthetic import zipf_frequency
+from pi2lab.predict.synthetic import CoactivationModel, zipf_frequency
 
 
 def recorded_masks(trace: ActivationTrace, cluster_size: int = 1, hot: int = 0) -> list:
@@ -137,6 +138,84 @@ class SyntheticTrace:
     def masks(self) -> list[np.ndarray]:
         """Every layer's masks (all in memory)."""
         return [self.layer(i) for i in range(self.layers)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CoactivationTrace:
+    """Unit masks of neurons that fire in latent groups (:class:`CoactivationModel
+    <pi2lab.predict.synthetic.CoactivationModel>`, one per layer, independent tokens), stored on
+    flash in one of two orders: ``frequency`` (hot-first, as a profile orders neurons: a group's
+    members lie apart) or ``coactivation`` (the ``hot`` most frequent units first, then group by
+    group: a group's firings are adjacent, so the reads of a token merge into fewer, larger
+    ones). One neuron per unit; dense FFNs only.
+
+    Attributes:
+      density: Mean fraction of units needed per token.
+      units: U, units per FFN.
+      layers: L.
+      tokens: T.
+      group_size: Units per latent group.
+      coherence: Mean probability a member fires when its group does (PowerInfer-2: outside
+        the hot set, different neurons co-activate under 20% of the time).
+      noise: Share of firings independent of the groups.
+      skew: Zipf exponent of the group rates.
+      order: ``frequency`` or ``coactivation``.
+      hot: Units kept first in ``coactivation`` order (the hot set).
+      seed: Random seed (the same seed gives the same firings in either order).
+    """
+
+    density: float
+    units: int
+    layers: int
+    tokens: int = 64
+    group_size: int = 16
+    coherence: float = 0.7
+    noise: float = 0.1
+    skew: float = 1.0
+    order: Literal["frequency", "coactivation"] = "frequency"
+    hot: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.order not in ("frequency", "coactivation"):
+            raise ConfigError(
+                f"CoactivationTrace: order={self.order!r}: expected frequency or coactivation"
+            )
+        if min(self.units, self.layers) < 1 or self.tokens < 0 or not 0 <= self.hot <= self.units:
+            raise ConfigError(
+                f"CoactivationTrace: units={self.units}, layers={self.layers}, tokens="
+                f"{self.tokens}, hot={self.hot}: expected units, layers >= 1, tokens >= 0, "
+                "0 <= hot <= units"
+            )
+        self.model(0)  # checks density, group size, coherence, noise, skew
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens
+
+    def model(self, i: int) -> CoactivationModel:
+        """Layer ``i``'s firing model."""
+        return CoactivationModel(
+            neurons=self.units,
+            density=self.density,
+            group_size=self.group_size,
+            coherence=self.coherence,
+            noise=self.noise,
+            skew=self.skew,
+            seed=self.seed * 100_003 + i,
+        )
+
+    def layer(self, i: int) -> np.ndarray:
+        """Layer ``i``'s masks ``[T, U]``, in :attr:`order`."""
+        if not 0 <= i < self.layers:
+            raise ConfigError(f"CoactivationTrace: layer {i}: expected 0..{self.layers - 1}")
+        model = self.model(i)
+        masks = model.sample(np.random.default_rng([self.seed, i, 2]), self.tokens)
+        return masks if self.order == "frequency" else masks[:, model.placement(self.hot)]
 
 
 def trace_stats(masks: np.ndarray) -> tuple[float, float]:

@@ -29,7 +29,10 @@ def zipf_frequency(neurons: int, *, density: float = 0.1, skew: float = 1.0) -> 
     """Per-neuron firing probabilities ``[F]``, descending, ``min(1, c / (i+1)^skew)`` with c
     chosen so the mean is ``density``."""
     raw = 1.0 / np.arange(1, neurons + 1) ** skew
-    lo, hi = 0.0, neurons / raw.sum() * 1e3
+    # the bracket must reach the mean: a steep skew saturates many neurons at 1 first
+    lo, hi = 0.0, neurons / raw.sum()
+    while np.minimum(1.0, hi * raw).mean() < density:
+        hi *= 2
     for _ in range(100):
         c = (lo + hi) / 2
         lo, hi = (c, hi) if np.minimum(1.0, c * raw).mean() < density else (lo, c)
@@ -104,6 +107,20 @@ class CoactivationModel:
         group, c, pi, background = self._structure()
         p = pi[group] * c
         return p + background * (1 - p)
+
+    def placement(self, hot: int = 0) -> np.ndarray:
+        """A permutation ``[F]`` of the hot-first neurons that stores them by co-activation:
+        the ``hot`` most frequent keep their place, the rest follow group by group (the most
+        often firing groups first, members by frequency), so a group's firings are adjacent.
+        The placement :func:`pi2lab.predict.placement.coactivation_order` looks for in a
+        recorded trace, here known from the model."""
+        if not 0 <= hot <= self.neurons:
+            raise ConfigError(f"placement: hot={hot}: expected 0..{self.neurons}")
+        group, _, pi, _ = self._structure()
+        cold = np.arange(hot, self.neurons)
+        # by group rate (descending), then group id, then hot-first position
+        order = np.lexsort((cold, group[cold], -pi[group[cold]]))
+        return np.concatenate([np.arange(hot), cold[order]])
 
     def sample(self, rng: np.random.Generator, tokens: int) -> np.ndarray:
         """``[T, F]`` bool masks in hot-first order."""

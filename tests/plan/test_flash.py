@@ -10,30 +10,14 @@ import pytest
 
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
-from pi2lab.plan.hardware import FlashModel, HardwareProfile
+from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.phones import builtin
 from pi2lab.plan.simulator import simulate_decode
 from tests.conftest import round_profile, tiny_shape
+from tests.plan.conftest import flash_model as flash
 
 MIB = 1 << 20
 US = 1e-6
-
-
-def flash(**overrides) -> FlashModel:
-    """4 KiB: 1,024 MB/s (4 us) within 128 MiB, 768 within 512 MiB (-128 MB/s per doubling),
-    floor 400; transfer 4,096 MB/s (1 us per 4 KiB), so a command costs 3 us within 128 MiB;
-    a 13 x 4 KiB read there: 3 + 13 = 16 us = 3,328 MB/s. Cores: mid 819.2 MB/s (5 us, +1 us),
-    little 512 (8 us, +4 us). Several issuers: each read x 2 (loss 0.5)."""
-    fields = dict(
-        random_4k=((128 * MIB, 1024.0), (512 * MIB, 768.0)),
-        floor_4k_mbs=400.0,
-        cores={"big": 1024.0, "mid": 819.2, "little": 512.0},
-        io_core="big",
-        large_block=13 * 4096,
-        large_mbs=3328.0,
-        multi_issue_loss=0.5,
-    )
-    return FlashModel(**{**fields, **overrides})
 
 
 def test_transfer_rate_fitted_from_the_large_read():
@@ -78,6 +62,51 @@ def test_one_command_queue_several_issuers_lose_rate():
     assert f.read_mbs(13 * 4096, issuers=3) == pytest.approx(3328.0 / 2)
 
 
+def test_blocking_reads_pay_a_longer_command():
+    f = flash()
+    # within 128 MiB: a 7 us command (not 3) plus the transfer
+    assert f.read_seconds(4096, blocking=True) == pytest.approx(8 * US)
+    assert f.read_seconds(8192, blocking=True) == pytest.approx(9 * US)
+    assert f.read_seconds(13 * 4096, blocking=True) == pytest.approx(20 * US)
+    # the range's command (5.4 us within 1 GiB) stays below it; the floor's (9.24 us) does not
+    assert f.read_seconds(4096, 1024 * MIB, blocking=True) == pytest.approx(8 * US)
+    assert f.read_seconds(4096, 1 << 40, blocking=True) == pytest.approx(4096 / 400e6)
+    # several blocking issuers on one queue: x 2; a slower core adds its extra
+    assert f.read_seconds(8192, issuers=2, blocking=True) == pytest.approx(18 * US)
+    assert f.read_seconds(4096, core="little", blocking=True) == pytest.approx(12 * US)
+    assert f.read_mbs(4096, issuers=2, blocking=True) == pytest.approx(256.0)
+    # no blocking rate: blocking reads cost what queued ones do
+    plain = flash(blocking_4k_mbs=None)
+    assert plain.read_seconds(4096, blocking=True) == pytest.approx(4 * US)
+
+
+def test_simulator_blocking_issue_reads_from_every_compute_thread():
+    """issue="blocking": the profile's 2 compute threads each wait for their read; one command
+    queue serves the three 4 KiB reads one after another at the several-issuer blocking cost
+    (2 x 8 us), so they end at 16, 32, 48 us."""
+    shape = tiny_shape()
+    prof = round_profile(
+        {(4096, 1): 1024.0},
+        name="flash-test",
+        cpu_threads=2,
+        dense_gbs=30.0,
+        sparse_gbs=20.0,
+        flash=flash(),
+    )
+    masks = np.zeros((2, shape.units), bool)
+    masks[:, [0, 2, 5]] = True
+    kw = dict(ffn_fraction=0.0, trace=[masks], tokens=2, warmup=0)
+    r = simulate_decode(shape, prof, pipeline=PipelineConfig(mode="none"), issue="blocking", **kw)
+    front = (shape.attention_bytes() + shape.predictor_bytes()) / 30e9
+    reads = sorted((e for e in r.timeline.events if e.stage == "read"), key=lambda e: e.end)
+    np.testing.assert_allclose([e.end - front for e in reads], [16 * US, 32 * US, 48 * US])
+    unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
+    expected = front + 48 * US + 3 * unit + shape.head_bytes() / 30e9
+    np.testing.assert_allclose(r.token_seconds, expected, rtol=1e-9)
+    with pytest.raises(ConfigError, match="issue='async'"):
+        simulate_decode(shape, prof, issue="async", **kw)
+
+
 def test_simulator_serves_every_read_from_one_queue():
     """Three 4 KiB reads of one token with two I/O threads: one command queue serves them one
     after another, each at the several-issuer cost (8 us), so the reads end at 8, 16, 24 us."""
@@ -120,6 +149,9 @@ def test_oneplus12_model_holds_the_papers_figures():
     got = [f.read_mbs(4096, core=c) for c in ("big", "mid", "little")]
     assert got == pytest.approx([1076.0, 1008.0, 762.0])
     assert f.read_mbs(4096, issuers=2) == pytest.approx(1076.0 * 0.6)
+    # blocking reads: ~100K random IOPS at 4 KiB; from 6 compute threads, less 40%
+    assert f.read_mbs(4096, blocking=True) == pytest.approx(100_000 * 4096 / 1e6)
+    assert f.read_mbs(4096, issuers=6, blocking=True) == pytest.approx(409.6 * 0.6)
 
 
 def test_flash_model_survives_json(tmp_path):
@@ -136,6 +168,8 @@ def test_flash_model_survives_json(tmp_path):
         (dict(io_core="prime"), "io_core 'prime'"),
         (dict(large_mbs=500.0), "no link rate fits"),
         (dict(multi_issue_loss=1.0), "multi_issue_loss"),
+        (dict(blocking_4k_mbs=2000.0), "blocking_4k_mbs"),
+        (dict(blocking_4k_mbs=0.0), "blocking_4k_mbs"),
     ],
 )
 def test_bad_flash_model_named(change, match):

@@ -13,7 +13,7 @@ from pi2lab.plan.shapes import ModelShape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
 from tests.conftest import round_profile, tiny_shape
-from tests.plan.conftest import moe_shape
+from tests.plan.conftest import flash_model, moe_shape
 
 PAGE = 4096
 
@@ -105,6 +105,18 @@ def test_faults_come_from_every_compute_thread():
     base = simulate_mmap(shape, flat(400.0, 2), None, 0.0, 1, 16, 0, 0.0, read_around=PAGE)
     slow = simulate_mmap(shape, flat(200.0, 4), None, 0.0, 1, 16, 0, 0.0, read_around=PAGE)
     assert slow.stage_seconds["wait"] == pytest.approx(2 * base.stage_seconds["wait"])
+
+
+def test_faults_are_blocking_reads_on_a_flash_model():
+    """On a phone's flash model a fault is a blocking read from one of the 2 compute threads:
+    a 7 us command (the blocking rate, not the queued 3 us) plus 1 us per 4 KiB, doubled by the
+    several-issuer loss of one command queue (flash model of tests/plan/test_flash.py)."""
+    shape = tiny_shape()
+    prof = round_profile({(4096, 1): 1024.0}, cpu_threads=2, dense_gbs=10.0, flash=flash_model())
+    r = simulate_mmap(shape, prof, None, 0.0, 1, 16, 0, 0.0, read_around=PAGE)
+    sizes = [n for *_, b in file_blocks(shape) for n in windows(b)]
+    expected = sum(2 * (7e-6 + n / 4096e6) for n in sizes)
+    assert r.stage_seconds["wait"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_moe_touches_only_routed_experts():

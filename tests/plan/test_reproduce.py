@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pi2lab.config import ModelConfig
 from pi2lab.errors import ConfigError
 from pi2lab.pipeline.scheduler import PipelineConfig
 from pi2lab.plan import paper
 from pi2lab.plan import reproduce as rp
+from pi2lab.plan.mmap_baseline import file_blocks
 from pi2lab.plan.phones import builtin
+from pi2lab.plan.shapes import ModelShape, get_shape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.tables import format_reproduction
 from tests.conftest import tiny_shape
@@ -111,10 +114,17 @@ def test_ratios_and_speedups_consistent(result):
                 pi2["paper_tokens_per_s"] / o["paper_tokens_per_s"], rel=1e-3
             )
     assert d["speedups"][0]["paper_over_llama_cpp"] == pytest.approx(29.25)
-    # every engine of a model gets the same memory budget
+    # every engine keeps half of its FFN bytes beside what it holds resident: llama.cpp its
+    # non-FFN weights (no predictors, no separate scales) and half of its GGUF FFN blocks
     for model in paper.MODELS:
         used = {e: by[(model, e)]["memory_used_gb"] for e in paper.ENGINES}
-        assert used["llama.cpp-mmap"] <= used["powerinfer2"] == used["llmflash"]
+        assert used["llama.cpp-mmap"] < used["powerinfer2"] == used["llmflash"]
+        shape = get_shape(model)
+        blocks = file_blocks(shape)
+        nonffn = sum(b for stage, *_, b in blocks if stage != "compute")
+        ffn = sum(b for stage, *_, b in blocks if stage == "compute")
+        kv = shape.kv_cache_bytes(1024)
+        assert used["llama.cpp-mmap"] == round((nonffn + ffn // 2 + kv) / 1e9, 3)
     ace2 = result["decode_oneplus_ace2"]
     assert all(r["paper_tokens_per_s"] is None and r["ratio"] is None for r in ace2["rows"])
     assert "simulated figures only" in ace2["notes"][0]
@@ -125,7 +135,14 @@ def test_ablation_ladder_monotone(result):
     sims = [r["simulated_tokens_per_s"] for r in rows]
     assert sims == sorted(sims)
     assert result["summary"]["ablation_monotone"]
-    assert rows[0]["knobs"] == {"ffn_fraction": 0.0, "pipeline": "none", "bundled": False}
+    assert rows[0]["knobs"] == {
+        "ffn_fraction": 0.0,
+        "pipeline": "none",
+        "bundling": "none",
+        "issue": "blocking",
+    }
+    # the compute threads read until the pipeline brings its one I/O thread
+    assert [r["knobs"]["issue"] for r in rows] == ["blocking"] * 3 + ["queued"]
     assert rows[-1]["knobs"]["pipeline"] == "cluster"
     assert rows[1]["paper_gain"] == pytest.approx(1.09 / 0.40, rel=1e-3)
 
@@ -163,15 +180,36 @@ def test_unbundled_reads_three_rows_per_unit():
     )
     prof = builtin("oneplus12")
     one = simulate_decode(shape, prof, **kw)
-    three = simulate_decode(shape, prof, bundled=False, **kw)
+    three = simulate_decode(shape, prof, bundling="none", **kw)
+    two = simulate_decode(shape, prof, bundling="row-column", **kw)
     assert one.bytes_read.tolist() == [3 * 4096] * 3
     assert three.bytes_read.tolist() == [9 * 4096] * 3  # each 64-byte row a 4 KiB span
-    assert three.stage_seconds["compute"] == pytest.approx(one.stage_seconds["compute"])
-    assert three.tokens_per_s < one.tokens_per_s
-    with pytest.raises(ConfigError):
-        simulate_decode(
-            shape, prof, bundled=False, **{**kw, "pipeline": PipelineConfig(gate_first=True)}
-        )
+    # row-column: the 64-byte gate row, then the 128-byte up row + down column, each a span
+    assert two.bytes_read.tolist() == [6 * 4096] * 3
+    for r in (two, three):
+        assert r.stage_seconds["compute"] == pytest.approx(one.stage_seconds["compute"])
+    assert three.tokens_per_s < two.tokens_per_s < one.tokens_per_s
+    for bundling in ("none", "row-column"):
+        with pytest.raises(ConfigError, match="gate-first"):
+            simulate_decode(
+                shape,
+                prof,
+                bundling=bundling,
+                **{**kw, "pipeline": PipelineConfig(gate_first=True)},
+            )
+    with pytest.raises(ConfigError, match="bundling='rows'"):
+        simulate_decode(shape, prof, bundling="rows", **kw)
+
+
+def test_llmflash_as_run_settings():
+    """LLM in a Flash as the paper ran it: no overlap, row-column bundles, no merging, blocking
+    reads, two copies per miss; the decode table runs it so and says how."""
+    got = rp.llmflash_as_run()
+    assert got["pipeline"] == PipelineConfig(mode="none", coalesce=False)
+    assert (got["bundling"], got["issue"], got["copies"]) == ("row-column", "blocking", 2)
+    table = rp.decode_table(tokens=2, models=["llama-7b"])
+    assert any("LLM in a Flash as the paper ran it" in n for n in table["notes"])
+    assert any("budget: every engine keeps 50%" in n for n in table["notes"])
 
 
 def run_cli(*args):
@@ -210,9 +248,6 @@ def test_cli_simulate_bad_budgets_name_the_flag(capsys):
 def test_in_memory_check_against_hand_computation():
     """In memory, llama.cpp computes every byte of its file once per token at dense_gbs (no
     faults after the first token); PowerInfer-2's compute-only speed is the fitted 12.5."""
-    from pi2lab.plan.mmap_baseline import file_blocks
-    from pi2lab.plan.shapes import get_shape
-
     prof = builtin("oneplus12")
     got = rp.in_memory(prof)
     file_bytes = sum(b for *_, b in file_blocks(get_shape("turbosparse-mistral-7b")))
@@ -226,3 +261,39 @@ def test_in_memory_check_against_hand_computation():
         rel=1e-3,
     )
     assert got["paper_over_llama_cpp"] == paper.PAPER["in_memory_over_llama_cpp"]
+
+
+def test_offload_gains_rows_and_what_they_vary():
+    """One row per knob value and budget, all simulated; the dtype rows read the same units in
+    bundles of 3x the payload per byte width (f16 24 KiB, int8 12 KiB, int4 6 KiB -> 8 KiB
+    slots) and the placement rows the same firings in two orders."""
+    shape = ModelShape.from_config(
+        ModelConfig.llama2_7b(
+            hidden_size=512, intermediate_size=1536, num_layers=2, num_heads=8, num_kv_heads=8
+        ),
+        name="small",
+    )
+    got = rp.offload_gains(model=shape, ffn_on_flash=(0.9,), tokens=4)
+    assert got["simulated"] is True and got["model"] == "small"
+    rows = {(r["knob"], r["value"]): r for r in got["rows"]}
+    assert len(rows) == 7 and all(r["simulated"] for r in got["rows"])
+    dtype = [rows["bundle dtype", d] for d in ("f16", "int8", "int4")]
+    # D=512: f16 3 KiB, int8 1.5 KiB, int4 768 B: one 4 KiB read each, the same count
+    assert len({r["simulated_reads_per_token"] for r in dtype}) == 1
+    assert dtype[0]["simulated_tokens_per_s"] < dtype[2]["simulated_tokens_per_s"]
+    for c in (0.2, 0.7):
+        a, b = (rows["placement", f"{o}, coherence {c}"] for o in ("frequency", "coactivation"))
+        assert b["simulated_reads_per_token"] <= a["simulated_reads_per_token"]
+    assert any("prefetch" in n for n in got["notes"])
+    with pytest.raises(ConfigError, match="dense shape"):
+        rp.offload_gains(model="turbosparse-mixtral-47b", tokens=2)
+
+
+def test_cli_reproduce_gains_json(capsys):
+    from pi2lab.cli import main
+
+    assert main(["reproduce", "--gains", "--tokens", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["simulated"] is True and out["table"] == "offload_gains"
+    assert {r["knob"] for r in out["rows"]} == {"bundle dtype", "placement"}
+    assert all(r["simulated"] for r in out["rows"])

@@ -19,9 +19,9 @@ from pi2lab.plan.hardware import HardwareProfile
 from pi2lab.plan.shapes import ModelShape, get_shape
 from pi2lab.plan.simulator import simulate_decode
 from pi2lab.plan.traces import SyntheticTrace
-from pi2lab.policies import LRU
+from pi2lab.policies import LRU, Window
 from tests.conftest import round_profile, tiny_config, tiny_shape
-from tests.plan.conftest import moe_shape
+from tests.plan.conftest import flash_model, moe_shape
 
 
 def phone(scale_storage: float = 1.0) -> HardwareProfile:
@@ -35,6 +35,18 @@ def phone(scale_storage: float = 1.0) -> HardwareProfile:
         dense_gbs=30.0,
         sparse_gbs=20.0,
         sequential_mbs=4000.0 * scale_storage,
+    )
+
+
+def phone_flash() -> HardwareProfile:
+    """A phone-like profile with a flash model (one read server; round numbers)."""
+    return round_profile(
+        {(4096, 1): 1024.0},
+        name="flash-phone",
+        cpu_threads=4,
+        dense_gbs=30.0,
+        sparse_gbs=20.0,
+        flash=flash_model(),
     )
 
 
@@ -77,6 +89,7 @@ def test_tiny_case_time_is_attention_plus_reads_plus_compute():
     assert r.tokens_per_s == pytest.approx(1 / expected)
     assert r.hit_rate == 0.0
     np.testing.assert_array_equal(r.bytes_read, 3 * 4096)
+    np.testing.assert_array_equal(r.reads, 3)
     assert r.io_share == pytest.approx(3 * read / expected)
     # the timeline: attention, reads back to back on io0, one wait, one compute, the head
     tl = r.timeline
@@ -103,6 +116,7 @@ def test_adjacent_units_coalesce_into_one_larger_read():
         pipeline=PipelineConfig(mode="none"),
     )
     merged = simulate_decode(shape, prof, **kw)
+    np.testing.assert_array_equal(merged.reads, 2)  # units 0-2 in one read, unit 5 alone
     rate = prof.read_mbs(3 * 4096) * 1e6
     front = (shape.attention_bytes() + shape.predictor_bytes()) / 30e9
     unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
@@ -251,3 +265,94 @@ def test_default_profile_fields_unchanged_by_simulation():
     before = dataclasses.asdict(prof)
     simulate_decode(mini(layers=1), prof, ffn_fraction=0.5, tokens=4)
     assert dataclasses.asdict(prof) == before
+
+
+def test_row_column_bundles_read_gate_row_then_up_and_down():
+    """Row-column bundling: a miss is two 4 KiB reads (the 64-byte gate row, then the 128-byte
+    up row and down column), each computed as it lands: a third of the unit, then two thirds."""
+    shape, prof = tiny_shape(), phone()
+    masks = np.zeros((2, shape.units), bool)
+    masks[:, [0, 2, 5]] = True
+    r = simulate_decode(
+        shape,
+        prof,
+        ffn_fraction=0.0,
+        trace=[masks],
+        tokens=2,
+        warmup=0,
+        bundling="row-column",
+        pipeline=PipelineConfig(mode="none", coalesce=False),
+    )
+    front = (shape.attention_bytes() + shape.predictor_bytes()) / 30e9
+    unit = (shape.bundle_bytes + shape.scale_bytes_per_neuron) / 20e9
+    expected = front + 6 * 4096 / 1000e6 + 3 * unit + shape.head_bytes() / 30e9
+    np.testing.assert_allclose(r.token_seconds, expected, rtol=1e-12)
+    np.testing.assert_array_equal(r.bytes_read, 6 * 4096)
+    np.testing.assert_array_equal(r.reads, 6)
+    reads = [e for e in r.timeline.events if e.stage == "read"]
+    assert len(reads) == 6 and all(e.nbytes == 4096 for e in reads)
+
+
+def test_copies_charge_each_miss_on_the_compute_thread():
+    """copies=2: each unit read is copied twice at memory_gbs (40 GB/s), whatever the pieces it
+    is read in."""
+    shape, prof = tiny_shape(), phone()
+    masks = np.zeros((2, shape.units), bool)
+    masks[:, [0, 2, 5]] = True
+    kw = dict(
+        ffn_fraction=0.0,
+        trace=[masks],
+        tokens=2,
+        warmup=0,
+        pipeline=PipelineConfig(mode="none", coalesce=False),
+    )
+    for bundling in ("neuron", "row-column"):
+        plain = simulate_decode(shape, prof, bundling=bundling, **kw)
+        copied = simulate_decode(shape, prof, bundling=bundling, copies=2, **kw)
+        np.testing.assert_allclose(
+            copied.token_seconds - plain.token_seconds, 3 * 2 * 4096 / 40e9, rtol=1e-9
+        )
+    with pytest.raises(ConfigError, match="copies=-1"):
+        simulate_decode(shape, prof, copies=-1, **kw)
+
+
+def test_an_experts_cache_ages_with_the_tokens_it_runs():
+    """A window of 2 tokens per expert: expert 0 runs at tokens 0 and 3 with the same units, so
+    at token 3 its previous token is its own last one and every unit hits (a window counted in
+    the model's tokens would have dropped them); expert 1 runs every token."""
+    shape = moe_shape()
+    masks = np.zeros((4, 4, shape.units), bool)
+    masks[[0, 3], 0, 1:4] = True
+    masks[:, 1, 4] = True
+    r = simulate_decode(
+        shape,
+        phone(),
+        engine="llmflash",
+        ffn_fraction=0.5,
+        trace=[masks, masks],
+        tokens=4,
+        warmup=0,
+        policy=Window(k=2),
+    )
+    np.testing.assert_array_equal(r.requested, [8, 2, 2, 8])
+    np.testing.assert_array_equal(r.hits, [0, 2, 2, 8])
+
+
+def test_one_server_fast_path_matches_the_event_path():
+    """Untraced tokens on one read server take the batched FIFO path; traced ones (the last
+    token) the per-read path. Both give the same times: the last token, recorded, equals the
+    same token computed unrecorded in a longer run."""
+    shape = mini()
+    kw = dict(ffn_fraction=0.3, seed=3)
+    for pipeline, issue in (
+        (PipelineConfig(mode="none", coalesce=False), "blocking"),
+        (PipelineConfig(gate_first=True), "queued"),
+        (None, "queued"),
+    ):
+        short = simulate_decode(
+            shape, phone_flash(), tokens=6, pipeline=pipeline, issue=issue, **kw
+        )
+        long = simulate_decode(shape, phone_flash(), tokens=7, pipeline=pipeline, issue=issue, **kw)
+        assert short.token_seconds[5] == pytest.approx(long.token_seconds[5], rel=1e-12)
+        assert short.bytes_read[5] == long.bytes_read[5]
+        assert short.reads[5] == long.reads[5]
