@@ -155,11 +155,12 @@ def split_units(total: int, weights: Sequence[float], cap: int) -> list[int]:
     n = w.size
     total = min(int(total), cap * n)
     share = np.zeros(n)
-    for part in (w > 0, w == 0):  # units go to zero weights only when the others are full
+    rel = w / w.max() if w.max() > 0 else w  # a weight too small to scale counts as zero
+    for part in (rel > 0, rel == 0):  # units go to zero weights only when the others are full
         left = total - share.sum()
         if left <= 0 or not part.any():
             continue
-        pw = np.where(part, w / w[part].max() if w[part].max() > 0 else 1.0, 0.0)
+        pw = np.where(part, rel if rel[part].all() else 1.0, 0.0)
         # water-filling: the heaviest are capped first; the rest share what is left by weight
         order = np.argsort(-pw, kind="stable")[: int(part.sum())]
         for k in range(order.size):
@@ -168,8 +169,8 @@ def split_units(total: int, weights: Sequence[float], cap: int) -> list[int]:
             if pw[rest[0]] * scale <= cap:
                 share[rest] = pw[rest] * scale
                 break
-            share[rest[0]] = cap
-            left -= cap
+            share[rest[0]] = min(cap, left)
+            left -= share[rest[0]]
     units = np.minimum(np.floor(share + 1e-9), cap).astype(np.int64)
     short = total - int(units.sum())
     if short > 0:  # the largest fractional parts (then weights) with room take one more each
