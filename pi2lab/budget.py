@@ -165,7 +165,8 @@ def split_units(total: int, weights: Sequence[float], cap: int) -> list[int]:
         order = np.argsort(-pw, kind="stable")[: int(part.sum())]
         for k in range(order.size):
             rest = order[k:]
-            scale = left / pw[rest].sum()
+            with np.errstate(over="ignore"):  # tiny weights: inf, capped just below
+                scale = left / pw[rest].sum()
             if pw[rest[0]] * scale <= cap:
                 share[rest] = pw[rest] * scale
                 break
