@@ -396,7 +396,6 @@ class OffloadEngine:
         self.kv = None
         self.last: StepStats | None = None
         self.requests: list | None = None  # a list: each decode token's units per FFN go here
-        self.prefetch_counts = dict.fromkeys(("prefetched", "used", "misses"), 0)
 
     # -- memory -----------------------------------------------------------------------------
     @property

@@ -457,8 +457,10 @@ class Prefetcher:
     def issue(self, layer: int, store: FfnStore, units: np.ndarray) -> int:
         """Reads ahead the ``units`` of ``layer`` (FFN ``store``) that are not resident, at most
         ``prefetch_units`` of them, first first; returns how many."""
+        if layer in self.issued or not self.free:
+            return 0
         units = units[store.cache.slot_of[units] < 0][: self.limit]
-        if layer in self.issued or not self.free or units.size == 0:
+        if units.size == 0:
             return 0
         block = self.free.pop()
         rows, stride = self.blocks[block], self.layout.stride
